@@ -1,0 +1,20 @@
+"""Datasets. A data component's ``build(num_clients, seed)`` returns a :class:`FederatedData`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class FederatedData:
+    """Client training sets and one shared test set, as tensors."""
+
+    clients: list[tuple[torch.Tensor, torch.Tensor]]
+    test: tuple[torch.Tensor, torch.Tensor]
+    num_classes: int
+    partition: str
+
+    def client_sizes(self) -> list[int]:
+        return [len(y) for _, y in self.clients]

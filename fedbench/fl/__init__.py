@@ -1,0 +1,1 @@
+"""The federated round loop, client training, strategies and the simulated wire."""

@@ -1,0 +1,59 @@
+"""Local training on one client, drawing from torch's RNG exactly as a shuffling DataLoader.
+
+``DataLoader(shuffle=True)`` draws two int64 seeds from torch's global generator per epoch
+(the iterator's base seed, then the RandomSampler's seed, from which a private generator makes
+the permutation); an unshuffled evaluation loader draws one. Replaying those draws and slicing
+batches from the client's tensors gives the same batches without per-sample collation.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fedbench.fl.optim import FlatAdamW
+from fedbench.fl.state import FlatParams
+
+
+def consume_loader_seed() -> None:
+    """The base-seed draw every DataLoader iterator makes (shuffled or not)."""
+    torch.empty((), dtype=torch.int64).random_()
+
+
+def shuffled_order(n: int) -> torch.Tensor:
+    """The permutation a fresh ``DataLoader(shuffle=True)`` iterator would use."""
+    consume_loader_seed()
+    seed = int(torch.empty((), dtype=torch.int64).random_().item())
+    gen = torch.Generator()
+    gen.manual_seed(seed)
+    return torch.randperm(n, generator=gen)
+
+
+def train_client(model: nn.Module, state: FlatParams, opt: FlatAdamW, x: torch.Tensor,
+                 y: torch.Tensor, epochs: int, batch_size: int) -> float:
+    """Train the live parameters in place; returns the mean batch loss."""
+    model.train()
+    n = len(y)
+    total, batches = 0.0, 0
+    for _ in range(epochs):
+        order = shuffled_order(n)
+        for start in range(0, n, batch_size):
+            idx = order[start:start + batch_size]
+            state.grad.zero_()
+            loss = F.cross_entropy(model(x.index_select(0, idx)), y.index_select(0, idx))
+            loss.backward()
+            opt.step()
+            total += loss.item()
+            batches += 1
+    return total / batches
+
+
+@torch.inference_mode()
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
+    """(accuracy, mean cross-entropy) on a test set, in one pass."""
+    consume_loader_seed()  # the tutorial evaluates through an (unshuffled) DataLoader
+    model.eval()
+    logits = model(x)
+    correct = (logits.argmax(dim=1) == y).sum().item()
+    return correct / len(y), F.cross_entropy(logits, y).item()

@@ -1,0 +1,69 @@
+"""LoRA (Hu et al., 2022) with the tutorial's parametrization.
+
+``W x + (x A B) * alpha / r`` with A: in x r drawn N(0, 0.01^2), B: r x out zeros. The factors
+and the task head train and are communicated; the wrapped Linear stays frozen.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import List, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fedbench.config import ConfigError
+from fedbench.methods.base import Method, is_head, name_matches
+
+
+class LoRALinear(nn.Module):
+    def __init__(self, base: nn.Linear, rank: int, alpha: float, init_std: float) -> None:
+        super().__init__()
+        self.base = base
+        self.scale = alpha / rank
+        self.lora_A = nn.Parameter(torch.randn(base.in_features, rank) * init_std)
+        self.lora_B = nn.Parameter(torch.zeros(rank, base.out_features))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Same op order as the tutorial: F.linear(x, W) + x @ A @ B * (alpha / r).
+        return F.linear(x, self.base.weight, self.base.bias) + x @ self.lora_A @ self.lora_B * self.scale
+
+
+@dataclass
+class LoRA(Method):
+    rank: int = 4
+    alpha: float = 1.0
+    init_std: float = 0.01
+    # Module names to adapt (exact, dotted suffix or regex); null = every nn.Linear but the head.
+    target_modules: Optional[List[str]] = None  # noqa: UP006, UP045 (OmegaConf)
+
+    def __post_init__(self) -> None:
+        if self.rank < 1:
+            raise ConfigError("method.rank", "must be an integer >= 1", self.rank)
+        if not self.init_std >= 0:
+            raise ConfigError("method.init_std", "must be a float >= 0", self.init_std)
+
+    def _targets(self, model: nn.Module) -> list[str]:
+        linear = [n for n, m in model.named_modules() if isinstance(m, nn.Linear) and not is_head(model, n + ".")]
+        if self.target_modules is None:
+            chosen = linear
+        else:
+            chosen = [n for n in linear if name_matches(n, list(self.target_modules))]
+        if not chosen:
+            raise ConfigError("method.target_modules",
+                              f"matches no nn.Linear of the model; available: {', '.join(linear) or 'none'}",
+                              self.target_modules)
+        return chosen
+
+    def inject(self, model: nn.Module) -> None:
+        for name in self._targets(model):
+            parent_name, _, child = name.rpartition(".")
+            parent = model.get_submodule(parent_name) if parent_name else model
+            base = getattr(parent, child)
+            base.requires_grad_(False)
+            setattr(parent, child, LoRALinear(base, self.rank, self.alpha, self.init_std))
+
+    def trainable(self, model: nn.Module) -> list[str]:
+        return [n for n, _ in model.named_parameters()
+                if n.rpartition(".")[2] in ("lora_A", "lora_B") or is_head(model, n)]

@@ -1,0 +1,65 @@
+"""The stand-in "foundation model" of Tutorial 166: a stack of frozen Linear+ReLU layers."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fedbench.config import ConfigError
+
+
+@dataclass
+class TutorialMLP:
+    """Config and builder for :class:`TutorialMLPModule`.
+
+    ``use_bias=False`` is the tutorial's behaviour: each base layer draws a bias at init (so the
+    random stream matches) but the forward pass never adds it, so the bias is dropped.
+    """
+
+    input_dim: int = 128
+    hidden_dim: int = 256
+    num_layers: int = 4
+    num_classes: int = 10
+    use_bias: bool = False
+
+    def __post_init__(self) -> None:
+        for key in ("input_dim", "hidden_dim", "num_layers"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"model.{key}", "must be an integer >= 1", getattr(self, key))
+        if self.num_classes < 2:
+            raise ConfigError("model.num_classes", "must be an integer >= 2", self.num_classes)
+
+    def build(self) -> TutorialMLPModule:
+        return TutorialMLPModule(self.input_dim, self.hidden_dim, self.num_layers,
+                                 self.num_classes, self.use_bias)
+
+
+class TutorialMLPModule(nn.Module):
+    head_name = "head"
+
+    def __init__(self, input_dim: int, hidden_dim: int, num_layers: int, num_classes: int,
+                 use_bias: bool) -> None:
+        super().__init__()
+        dims = [input_dim] + [hidden_dim] * num_layers
+        self.layers = nn.ModuleList()
+        for i in range(num_layers):
+            layer = nn.Linear(dims[i], dims[i + 1])
+            if not use_bias:
+                layer.bias = None
+            self.layers.append(layer)
+        self.feature_dim = hidden_dim
+        self.num_classes = num_classes
+        self.head: nn.Module | None = None
+        self.requires_grad_(False)
+
+    def attach_head(self) -> None:
+        """Create the task head. Called after the method injected its adapters (seed RNG order)."""
+        self.head = nn.Linear(self.feature_dim, self.num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for layer in self.layers:
+            x = F.relu(layer(x))
+        return self.head(x)
