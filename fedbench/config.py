@@ -44,9 +44,11 @@ class FLConfig:
     # Client selection draws from numpy's legacy RandomState with this seed. The tutorial's test
     # set reseeds numpy's global RNG with 999 last, so its selection always starts from 999.
     sampling_seed: int = 999
+    eval_batch_size: int = 64
 
     def __post_init__(self) -> None:
-        for key in ("num_rounds", "num_clients", "clients_per_round", "local_epochs", "batch_size"):
+        for key in ("num_rounds", "num_clients", "clients_per_round", "local_epochs", "batch_size",
+                    "eval_batch_size"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"fl.{key}", "must be an integer >= 1", getattr(self, key))
         if self.clients_per_round > self.num_clients:
@@ -146,6 +148,11 @@ def validate(cfg: DictConfig | dict) -> RunSpec:
         raise ConfigError("threads", "must be null (torch's default) or an integer >= 1", threads)
     fl = _merge_into(FLConfig, resolved["fl"], "fl")
     comps = {k: instantiate(resolved[k], k) for k in COMPONENT_GROUPS}
+    # Cross-component checks (e.g. the model's classes cover the data's labels), before training.
+    for comp in comps.values():
+        check = getattr(comp, "check_compatible", None)
+        if check is not None:
+            check(comps, fl)
     comp = resolved["compression"]
     if not isinstance(comp, dict) or set(comp) != {"up", "down"}:
         raise ConfigError("compression", "must have exactly the keys 'up' and 'down'")

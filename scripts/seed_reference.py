@@ -102,18 +102,22 @@ FIELD_TO_KEY = {
 }
 
 # The configurations recorded in the test fixture: the default, and changes to every field.
+# The seed's datasets are always 128-dim with 10 classes (FoundationDataset defaults), so it
+# only accepts input_dim=128 and num_classes>=10; every case stays inside what it accepts.
 FIXTURE_CASES = [
     ("default", {}, 2),
     ("default_1_thread", {}, 1),
     ("seed7_short", {"seed": 7, "num_rounds": 8}, 2),
     ("fewer_clients", {"num_clients": 6, "clients_per_round": 3, "local_epochs": 1,
                        "batch_size": 32, "num_rounds": 6}, 2),
-    ("model_shape", {"input_dim": 64, "hidden_dim": 96, "num_layers": 2, "num_classes": 5,
-                     "lora_rank": 8, "lora_alpha": 16.0, "learning_rate": 0.003,
-                     "num_rounds": 6}, 2),
-    ("classes_exceed_dim", {"input_dim": 32, "hidden_dim": 48, "num_layers": 1,
-                            "num_classes": 40, "batch_size": 50, "clients_per_round": 10,
-                            "lora_rank": 1, "num_rounds": 5, "seed": 3}, 2),
+    ("model_shape", {"hidden_dim": 96, "num_layers": 2, "num_classes": 12, "lora_rank": 8,
+                     "lora_alpha": 16.0, "learning_rate": 0.003, "num_rounds": 6}, 2),
+    ("all_clients_wide_head", {"hidden_dim": 48, "num_layers": 1, "num_classes": 40,
+                               "batch_size": 50, "clients_per_round": 10, "lora_rank": 1,
+                               "num_rounds": 5, "seed": 3}, 2),
+    ("deep_small_batches", {"hidden_dim": 64, "num_layers": 6, "local_epochs": 3,
+                            "batch_size": 8, "lora_rank": 2, "lora_alpha": 4.0,
+                            "num_rounds": 4}, 2),
 ]
 
 

@@ -1,9 +1,10 @@
 """Tutorial 166's synthetic data: Gaussian features with a +signal bump at column (label % dim).
 
-Every client gets its own dataset drawn with seed ``seed + i`` and the test set uses
-``test_seed``. As in the tutorial, the values come from torch's global RNG in creation order
-(clients first, then the test set); the per-dataset seed only reseeds numpy, which is why
-client selection uses ``fl.sampling_seed`` (999, the test seed) rather than ``seed``.
+The tutorial gives each dataset a seed (``seed + i`` per client, 999 for the test set), but that
+seed only reseeds numpy while the values come from torch's global RNG, in creation order:
+clients first, then the test set. fedbench draws them the same way, so the per-dataset seeds
+have no knob here; their only effect (numpy's state is that of seed 999 when clients are
+sampled) is ``fl.sampling_seed``.
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ class TutorialData:
     num_classes: int = 10
     samples_per_client: int = 500
     test_size: int = 500
-    test_seed: int = 999
     signal: float = 1.0
 
     def __post_init__(self) -> None:

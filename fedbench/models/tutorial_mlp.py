@@ -32,6 +32,16 @@ class TutorialMLP:
         if self.num_classes < 2:
             raise ConfigError("model.num_classes", "must be an integer >= 2", self.num_classes)
 
+    def check_compatible(self, comps: dict, fl) -> None:
+        data = comps["data"]
+        dim, classes = getattr(data, "dim", None), getattr(data, "num_classes", None)
+        if dim is not None and dim != self.input_dim:
+            raise ConfigError("model.input_dim", f"must equal data.dim ({dim})", self.input_dim)
+        if classes is not None and classes > self.num_classes:
+            raise ConfigError("model.num_classes",
+                              f"must be >= data.num_classes ({classes}): labels must fit the head",
+                              self.num_classes)
+
     def build(self) -> TutorialMLPModule:
         return TutorialMLPModule(self.input_dim, self.hidden_dim, self.num_layers,
                                  self.num_classes, self.use_bias)

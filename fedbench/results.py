@@ -1,0 +1,122 @@
+"""The run-folder contract: metrics rows, their files, and the run summary.
+
+A run folder holds ``metrics.csv`` (appended and flushed every round, so a killed run keeps
+its rows), ``metrics.parquet`` and ``summary.json`` (both written atomically when the run
+ends), next to Hydra's ``.hydra/``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+METRICS_CSV = "metrics.csv"
+METRICS_PARQUET = "metrics.parquet"
+SUMMARY_JSON = "summary.json"
+
+# Column order of a metrics row. ``cum_*`` are running totals over rounds.
+COLUMNS = [
+    "round", "accuracy", "test_loss", "train_loss",
+    "bytes_up", "bytes_down", "cum_bytes_up", "cum_bytes_down", "cum_bytes",
+    "clients", "trainable_params", "wall_s", "elapsed_s", "selected",
+]
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write via a temp file in the same folder and rename: readers never see half a file."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())
+
+
+def write_parquet_atomic(df: pd.DataFrame, path: Path) -> None:
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        df.to_parquet(tmp, index=False)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class MetricsWriter:
+    """Accumulates rows, keeps running byte totals, and appends each row to ``metrics.csv``."""
+
+    def __init__(self, out_dir: Path | None, rows: list[dict] | None = None) -> None:
+        self.out_dir = Path(out_dir) if out_dir is not None else None
+        self.rows: list[dict] = list(rows or [])
+        if self.out_dir is not None:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+
+    @property
+    def csv_path(self) -> Path | None:
+        return None if self.out_dir is None else self.out_dir / METRICS_CSV
+
+    def append(self, row: dict) -> dict:
+        prev = self.rows[-1] if self.rows else {"cum_bytes_up": 0, "cum_bytes_down": 0, "elapsed_s": 0.0}
+        row = dict(row)
+        row["cum_bytes_up"] = prev["cum_bytes_up"] + row["bytes_up"]
+        row["cum_bytes_down"] = prev["cum_bytes_down"] + row["bytes_down"]
+        row["cum_bytes"] = row["cum_bytes_up"] + row["cum_bytes_down"]
+        row["elapsed_s"] = prev["elapsed_s"] + row["wall_s"]
+        row = {k: row[k] for k in COLUMNS}
+        self.rows.append(row)
+        if self.out_dir is not None:
+            new = not self.csv_path.exists()
+            with open(self.csv_path, "a", newline="") as fh:
+                writer = csv.DictWriter(fh, fieldnames=COLUMNS)
+                if new:
+                    writer.writeheader()
+                writer.writerow({k: (repr(v) if isinstance(v, float) else v) for k, v in row.items()})
+                fh.flush()
+                os.fsync(fh.fileno())
+        return row
+
+    def frame(self) -> pd.DataFrame:
+        return pd.DataFrame(self.rows, columns=COLUMNS)
+
+    def finish(self, summary: dict) -> pd.DataFrame:
+        """Write ``metrics.parquet`` and ``summary.json`` (atomically) and return the table."""
+        df = self.frame()
+        if self.out_dir is not None:
+            write_parquet_atomic(df, self.out_dir / METRICS_PARQUET)
+            atomic_write_json(self.out_dir / SUMMARY_JSON, summary)
+        return df
+
+
+def summarize(rows: list[dict]) -> dict:
+    """The metric part of ``summary.json``."""
+    if not rows:
+        return {"rounds_completed": 0, "final_accuracy": None, "best_accuracy": None,
+                "best_round": None, "bytes_up_total": 0, "bytes_down_total": 0, "bytes_total": 0}
+    best = max(rows, key=lambda r: r["accuracy"])
+    last = rows[-1]
+    return {
+        "rounds_completed": last["round"],
+        "final_accuracy": last["accuracy"],
+        "best_accuracy": best["accuracy"],
+        "best_round": best["round"],
+        "bytes_up_total": last["cum_bytes_up"],
+        "bytes_down_total": last["cum_bytes_down"],
+        "bytes_total": last["cum_bytes"],
+    }
