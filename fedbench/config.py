@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -107,6 +108,9 @@ def _merge_into(schema: type, section: Any, key: str) -> Any:
         if "not in struct" in reason or "not in the dataclass" in reason or "has no attribute" in reason:
             known = ", ".join(f.name for f in dataclasses.fields(schema))
             raise ConfigError(full, f"unknown key; known keys: {known}") from None
+        conv = re.match(r"Value '(.*)' of type '(\w+)' could not be converted to (\w+)", reason)
+        if conv:
+            raise ConfigError(full, f"must be of type {conv.group(3).lower()}", conv.group(1)) from None
         raise ConfigError(full, reason) from None
 
 

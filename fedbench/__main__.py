@@ -1,0 +1,77 @@
+"""``fedbench [hydra overrides]`` (also ``python -m fedbench``): one run, or a sweep with ``-m``."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+
+from fedbench.cli_check import CONF_DIR, CommandLineError, check_command_line
+from fedbench.config import ConfigError, RunSpec, validate
+
+log = logging.getLogger("fedbench")
+
+EXIT_BAD_CONFIG = 2
+EXIT_INTERRUPTED = 130
+
+
+def human_bytes(n: float) -> str:
+    """Decimal units (1 MB = 10^6 bytes), as communication budgets are usually quoted."""
+    for unit, size in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= size:
+            return f"{n / size:.2f} {unit}"
+    return f"{int(n)} B"
+
+
+def _log_round(row: dict, spec: RunSpec) -> None:
+    log.info("round %*d/%d  acc %.4f  test_loss %.4f  train_loss %.4f  up %s  down %s  total %s  %.2fs",
+             len(str(spec.fl.num_rounds)), row["round"], spec.fl.num_rounds, row["accuracy"],
+             row["test_loss"], row["train_loss"], human_bytes(row["bytes_up"]),
+             human_bytes(row["bytes_down"]), human_bytes(row["cum_bytes"]), row["wall_s"])
+
+
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
+def _task(cfg: DictConfig) -> float:
+    from fedbench.run import run  # torch import after argument checks: fast errors
+
+    out_dir = Path(HydraConfig.get().runtime.output_dir)
+    try:
+        spec = validate(cfg)
+    except ConfigError as exc:
+        print(f"fedbench: {exc}", file=sys.stderr)
+        sys.exit(EXIT_BAD_CONFIG)
+    r = spec.resolved
+    log.info("%s + %s on %s, %s, %d rounds x %d/%d clients -> %s",
+             r["model"]["_target_"].rsplit(".", 1)[1], r["method"]["_target_"].rsplit(".", 1)[1],
+             r["data"]["_target_"].rsplit(".", 1)[1], r["strategy"]["_target_"].rsplit(".", 1)[1],
+             spec.fl.num_rounds, spec.fl.clients_per_round, spec.fl.num_clients, out_dir)
+    df = run(spec, out_dir=out_dir, on_round=_log_round)
+    table = df[["round", "accuracy", "bytes_up", "bytes_down", "cum_bytes"]].to_string(
+        index=False, formatters={"accuracy": "{:.4f}".format})
+    print(table)
+    last = df.iloc[-1]
+    print(f"final accuracy {last.accuracy:.4f} | communicated {human_bytes(last.cum_bytes)} "
+          f"(up {human_bytes(last.cum_bytes_up)}, down {human_bytes(last.cum_bytes_down)}) | "
+          f"trainable params {int(last.trainable_params):,} | run folder {out_dir}")
+    return float(last.accuracy)
+
+
+def main() -> None:
+    try:
+        check_command_line(sys.argv[1:])
+    except CommandLineError as exc:
+        print(f"fedbench: {exc}", file=sys.stderr)
+        sys.exit(EXIT_BAD_CONFIG)
+    try:
+        _task()
+    except KeyboardInterrupt:
+        print("fedbench: interrupted; completed rounds are in the run folder's metrics.csv", file=sys.stderr)
+        sys.exit(EXIT_INTERRUPTED)
+
+
+if __name__ == "__main__":
+    main()
