@@ -105,9 +105,9 @@ def _merge_into(schema: type, section: Any, key: str) -> Any:
         sub = getattr(exc, "key", None)
         full = f"{key}.{sub}" if sub else key
         reason = str(exc).splitlines()[0]
-        if "not in struct" in reason or "not in the dataclass" in reason or "has no attribute" in reason:
+        if "not in struct" in reason or re.search(r"Key '.*' not in '", reason) or "not in the dataclass" in reason or "has no attribute" in reason:
             known = ", ".join(f.name for f in dataclasses.fields(schema))
-            raise ConfigError(full, f"unknown key; known keys: {known}") from None
+            raise ConfigError(full, f"unknown key; known keys of {key}: {known}") from None
         conv = re.match(r"Value '(.*)' of type '(\w+)' could not be converted to (\w+)", reason)
         if conv:
             raise ConfigError(full, f"must be of type {conv.group(3).lower()}", conv.group(1)) from None

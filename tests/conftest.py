@@ -1,0 +1,43 @@
+"""Shared helpers: compose the real Hydra config (conf/) with overrides, as the CLI does."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+
+ROOT = Path(__file__).resolve().parents[1]
+CONF = ROOT / "conf"
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+
+
+def compose_cfg(overrides: list[str] | tuple[str, ...] = ()):
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose("config", overrides=list(overrides))
+
+
+def seed_fixture() -> dict:
+    return json.loads((FIXTURES / "seed_reference.json").read_text())
+
+
+def run_cli(args: list[str], cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
+    """``python -m fedbench ARGS`` in a fresh process (outputs go under ``cwd``)."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    return subprocess.run([sys.executable, "-m", "fedbench", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(autouse=True)
+def _restore_torch_threads():
+    """Runs may set torch's thread count; keep tests independent of each other."""
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)

@@ -1,0 +1,76 @@
+"""The command line: a run writes the run-folder contract; bad input is one line and exit 2."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+
+from conftest import run_cli
+from fedbench.results import COLUMNS
+
+REQUIRED = {"round", "accuracy", "test_loss", "train_loss", "bytes_up", "bytes_down", "cum_bytes",
+            "clients", "trainable_params", "wall_s"}
+
+
+def test_run_writes_metrics_and_summary(tmp_path):
+    run_dir = tmp_path / "run"
+    res = run_cli(["fl.num_rounds=3", "threads=1", f"hydra.run.dir={run_dir}"], cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert "round 3/3" in res.stdout + res.stderr  # a line per round
+    csv = pd.read_csv(run_dir / "metrics.csv")
+    parquet = pd.read_parquet(run_dir / "metrics.parquet")
+    assert REQUIRED <= set(csv.columns) and list(parquet.columns) == COLUMNS
+    assert csv["round"].tolist() == [1, 2, 3]
+    pd.testing.assert_frame_equal(csv.drop(columns="selected"), parquet.drop(columns="selected"))
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "complete"
+    assert summary["threads"] == 1
+    assert summary["final_accuracy"] == parquet["accuracy"].iloc[-1]
+    assert summary["bytes_total"] == parquet["bytes_up"].sum() + parquet["bytes_down"].sum()
+    assert len(summary["config_hash"]) == 12 and summary["config"]["fl"]["num_rounds"] == 3
+    assert (run_dir / ".hydra" / "config.yaml").is_file()
+
+
+BAD_INPUTS = [
+    (["method=prompt_magic"], "method=prompt_magic: unknown option for group 'method'; allowed: full, head_only, lora"),
+    (["model=gpt9"], "unknown option for group 'model'"),
+    (["strategy=nope"], "unknown option for group 'strategy'"),
+    (["compression=zip"], "unknown option for group 'compression'"),
+    (["fl.num_rounds=abc"], "fl.num_rounds='abc': must be of type integer"),
+    (["fl.lr=fast"], "fl.lr='fast': must be of type float"),
+    (["method.rank=1.5"], "method.rank='1.5': must be of type integer"),
+    (["fl.bogus=1"], "fl.bogus: unknown key; known keys of fl:"),
+    (["bogus=1"], "bogus: unknown key; known keys:"),
+    (["+fl.bogus=1"], "fl.bogus: unknown key; known keys of fl:"),
+    (["model.depth=3"], "model.depth: unknown key"),
+    (["fl.clients_per_round=11"], "fl.clients_per_round=11: must be <= fl.num_clients (10)"),
+    (["method.rank=0"], "method.rank=0: must be an integer >= 1"),
+    (["fl.lr=0"], "fl.lr=0.0: must be a float > 0"),
+    (["fl.lr=-0.1"], "fl.lr=-0.1: must be a float > 0"),
+    (["fl.num_rounds=0"], "fl.num_rounds=0: must be an integer >= 1"),
+    (["fl.batch_size=0"], "fl.batch_size=0: must be an integer >= 1"),
+    (["fl.local_epochs=-1"], "fl.local_epochs=-1: must be an integer >= 1"),
+    (["fl.num_clients=0"], "fl.num_clients=0: must be an integer >= 1"),
+    (["model.num_classes=5"], "model.num_classes=5: must be >= data.num_classes (10)"),
+    (["model.input_dim=64", "data.dim=128"], "model.input_dim=64: must equal data.dim (128)"),
+    (["seed=-1"], "seed=-1: must be an integer >= 0"),
+    (["threads=0"], "threads=0: must be null"),
+    (["fl.num_rounds=[1"], "cannot parse the overrides"),
+    (["method=lora,full"], "a sweep needs multirun mode (add -m)"),
+    (["-m", "method=lora,full", "method.rank=0"], "method.rank=0: must be an integer >= 1"),
+]
+
+
+@pytest.mark.parametrize("args,message", BAD_INPUTS, ids=[" ".join(a) for a, _ in BAD_INPUTS])
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, args, message):
+    run_dir = tmp_path / "run"
+    res = run_cli([*args, f"hydra.run.dir={run_dir}", f"hydra.sweep.dir={tmp_path / 'sweep'}"], cwd=tmp_path)
+    assert res.returncode == 2, res.stderr
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1, res.stderr
+    assert lines[0].startswith("fedbench: ") and message in lines[0], lines[0]
+    assert "Traceback" not in res.stderr + res.stdout
+    assert not run_dir.exists() and not (tmp_path / "sweep").exists()
+    assert not list(tmp_path.rglob("metrics.*"))
