@@ -53,6 +53,7 @@ def split_argv(argv: list[str]) -> tuple[list[str], dict, bool, bool]:
 
 
 def _one_line(exc: BaseException, base_cfg=None) -> str:
+    """Hydra's (multi-line) composition error as one line; ``base_cfg`` lists known keys."""
     text = str(exc)
     missing = re.search(r"Could not find '([^']+)'", text)
     if missing:
@@ -122,22 +123,24 @@ def check_command_line(argv: list[str]) -> None:
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=str(conf_dir), version_base="1.3"):
-            base_cfg = compose(config_name)
-            fixed = [o for o in overrides if not _is_sweep(o)] if multirun else overrides
-            try:
-                head = compose(config_name, overrides=fixed, return_hydra_config=True)
-            except Exception as exc:  # noqa: BLE001
-                raise CommandLineError(_one_line(exc, base_cfg)) from None
-            params = None
+            def base_cfg():  # only composed to explain an error
+                return compose(config_name)
+
+            jobs = [overrides]
             if multirun:
+                fixed = [o for o in overrides if not _is_sweep(o)]
+                try:
+                    head = compose(config_name, overrides=fixed, return_hydra_config=True)
+                except Exception as exc:  # noqa: BLE001
+                    raise CommandLineError(_one_line(exc, base_cfg())) from None
                 node = OmegaConf.select(head, "hydra.sweeper.params")
                 params = OmegaConf.to_container(node) if node is not None else None
-            jobs = job_overrides(overrides, multirun, params)
+                jobs = job_overrides(overrides, multirun, params)
             for job in jobs[:MAX_CHECKED_JOBS]:
                 try:
                     cfg = compose(config_name, overrides=job)
                 except Exception as exc:  # noqa: BLE001
-                    raise CommandLineError(_one_line(exc, base_cfg)) from None
+                    raise CommandLineError(_one_line(exc, base_cfg())) from None
                 try:
                     validate(cfg)
                 except ConfigError as exc:

@@ -46,6 +46,8 @@ class FLConfig:
     # set reseeds numpy's global RNG with 999 last, so its selection always starts from 999.
     sampling_seed: int = 999
     eval_batch_size: int = 64
+    # Use a model's hand-written training step when it has one (bit-identical to autograd).
+    fast_step: bool = True
 
     def __post_init__(self) -> None:
         for key in ("num_rounds", "num_clients", "clients_per_round", "local_epochs", "batch_size",

@@ -41,6 +41,11 @@ class Engine:
         self.sampler = np.random.RandomState(self.fl.sampling_seed)
         self.global_payload: Payload = self.state.snapshot()
         self.round = 0  # rounds completed
+        # A model may offer a hand-written training step that is bit-identical to autograd.
+        self.step = None
+        if self.fl.fast_step:
+            make_step = getattr(self.model, "fast_step", None)
+            self.step = make_step(self.state) if make_step is not None else None
 
     def select_clients(self) -> list[int]:
         chosen = self.sampler.choice(self.fl.num_clients, self.fl.clients_per_round, replace=False)
@@ -60,7 +65,7 @@ class Engine:
             self.state.load(start)
             self.opt.reset()
             loss = train_client(self.model, self.state, self.opt, x, y,
-                                self.fl.local_epochs, self.fl.batch_size)
+                                self.fl.local_epochs, self.fl.batch_size, self.step)
             up_message = self.codec_up.encode(self.state.snapshot())
             bytes_up += message_bytes(up_message)
             updates.append((len(y), self.codec_up.decode(up_message)))

@@ -8,6 +8,8 @@ batches from the client's tensors gives the same batches without per-sample coll
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -31,18 +33,34 @@ def shuffled_order(n: int) -> torch.Tensor:
 
 
 def train_client(model: nn.Module, state: FlatParams, opt: FlatAdamW, x: torch.Tensor,
-                 y: torch.Tensor, epochs: int, batch_size: int) -> float:
-    """Train the live parameters in place; returns the mean batch loss."""
+                 y: torch.Tensor, epochs: int, batch_size: int,
+                 step: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None) -> float:
+    """Train the live parameters in place; returns the mean batch loss.
+
+    ``step(xb, yb)``, when given, computes the loss and writes the gradients into
+    ``state.grad`` itself (a model's hand-written step); otherwise autograd does.
+    """
     model.train()
+    if step is not None:
+        with torch.no_grad():
+            return _train_loop(model, state, opt, x, y, epochs, batch_size, step)
+    return _train_loop(model, state, opt, x, y, epochs, batch_size, None)
+
+
+def _train_loop(model, state, opt, x, y, epochs, batch_size, step) -> float:
     n = len(y)
     total, batches = 0.0, 0
     for _ in range(epochs):
         order = shuffled_order(n)
         for start in range(0, n, batch_size):
             idx = order[start:start + batch_size]
-            state.grad.zero_()
-            loss = F.cross_entropy(model(x.index_select(0, idx)), y.index_select(0, idx))
-            loss.backward()
+            xb, yb = x.index_select(0, idx), y.index_select(0, idx)
+            if step is not None:
+                loss = step(xb, yb)
+            else:
+                state.grad.zero_()
+                loss = F.cross_entropy(model(xb), yb)
+                loss.backward()
             opt.step()
             total += loss.item()
             batches += 1

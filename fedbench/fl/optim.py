@@ -18,6 +18,7 @@ class FlatAdamW:
         self.eps, self.weight_decay = eps, weight_decay
         self.exp_avg = torch.zeros_like(param)
         self.exp_avg_sq = torch.zeros_like(param)
+        self._denom = torch.empty_like(param)
         self.steps = 0
 
     def reset(self) -> None:
@@ -26,8 +27,8 @@ class FlatAdamW:
         self.exp_avg_sq.zero_()
         self.steps = 0
 
-    @torch.no_grad()
     def step(self) -> None:
+        # ``param`` is the flat buffer itself, not a leaf that requires grad: no autograd here.
         p, g = self.param, self.grad
         lr, beta1, beta2 = self.lr, self.beta1, self.beta2
         self.steps += 1
@@ -40,5 +41,6 @@ class FlatAdamW:
         bias_correction2 = 1 - beta2**step
         step_size = lr / bias_correction1
         bias_correction2_sqrt = bias_correction2**0.5
-        denom = (self.exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(self.eps)
+        # (exp_avg_sq.sqrt() / bc2_sqrt) + eps, into a reused buffer (same ops, same bits)
+        denom = torch.sqrt(self.exp_avg_sq, out=self._denom).div_(bias_correction2_sqrt).add_(self.eps)
         p.addcdiv_(self.exp_avg, denom, value=-step_size)

@@ -69,6 +69,12 @@ class TutorialMLPModule(nn.Module):
         """Create the task head. Called after the method injected its adapters (seed RNG order)."""
         self.head = nn.Linear(self.feature_dim, self.num_classes)
 
+    def fast_step(self, state):
+        """The hand-written, autograd-identical training step, or None if it doesn't apply."""
+        from fedbench.models.tutorial_mlp_fast import TutorialMLPStep
+
+        return TutorialMLPStep.build(self, state)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for layer in self.layers:
             x = F.relu(layer(x))

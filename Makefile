@@ -1,0 +1,43 @@
+# The few commands people type. Every target sets up .venv itself on first use.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+ARGS   ?=
+PYTEST_ARGS ?=
+
+.PHONY: install run test test-fast bench fixtures lint format clean
+
+install: $(STAMP)
+
+# torch==2.13.0 goes in first (CPU wheel); any other torch spec would pull a CUDA build.
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q -c constraints.txt torch==2.13.0
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev]'
+	touch $(STAMP)
+
+run: install  ## the Tutorial 166 reproduction (or: make run ARGS="method=full fl.num_rounds=5")
+	$(BIN)/fedbench $(ARGS)
+
+test: install  ## the full test suite, as CI runs it (pytest's "no tests" exit 5 is a failure)
+	@$(BIN)/python -m pytest $(PYTEST_ARGS); rc=$$?; \
+	  if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests" >&2; exit 1; fi; exit $$rc
+
+test-fast: install
+	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+
+bench: install  ## wall time vs the seed script, same invocation, alternating
+	$(BIN)/python scripts/bench.py $(ARGS)
+
+fixtures: install  ## re-record the seed script's numbers (needs ../shared/seed)
+	$(BIN)/python scripts/seed_reference.py --fixture tests/fixtures/seed_reference.json
+
+lint: install
+	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+
+format: install
+	$(BIN)/ruff check --fix . && $(BIN)/ruff format .
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info
