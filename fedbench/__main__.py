@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import sys
 from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
 
 from fedbench.cli_check import CONF_DIR, CommandLineError, check_command_line
 from fedbench.config import ConfigError, RunSpec, validate
+from fedbench.threads import threads_for_job
 
 log = logging.getLogger("fedbench")
 
@@ -49,7 +52,13 @@ def _task(cfg: DictConfig) -> float:
              r["model"]["_target_"].rsplit(".", 1)[1], r["method"]["_target_"].rsplit(".", 1)[1],
              r["data"]["_target_"].rsplit(".", 1)[1], r["strategy"]["_target_"].rsplit(".", 1)[1],
              spec.fl.num_rounds, spec.fl.clients_per_round, spec.fl.num_clients, out_dir)
-    df = run(spec, out_dir=out_dir, on_round=_log_round)
+    hc = HydraConfig.get()
+    launcher = OmegaConf.to_container(hc.launcher, resolve=True) if hc.mode == RunMode.MULTIRUN else None
+    threads = threads_for_job(spec.threads, launcher)
+    if threads != spec.threads:
+        spec = dataclasses.replace(spec, threads=threads)
+    choices = {k: v for k, v in hc.runtime.choices.items() if not k.startswith("hydra/") and v is not None}
+    df = run(spec, out_dir=out_dir, on_round=_log_round, choices=choices)
     table = df[["round", "accuracy", "bytes_up", "bytes_down", "cum_bytes"]].to_string(
         index=False, formatters={"accuracy": "{:.4f}".format})
     print(table)

@@ -46,11 +46,26 @@ def build(spec: RunSpec):
     return data, model, state
 
 
+def component_names(resolved: dict) -> dict:
+    """Group -> option name guessed from ``_target_`` (used when Hydra's choices are unknown)."""
+    out = {}
+    for group in ("model", "method", "data", "strategy"):
+        target = resolved.get(group, {}).get("_target_", "")
+        out[group] = target.rsplit(".", 1)[-1]
+    comp = resolved.get("compression", {})
+    for side in ("up", "down"):
+        out[f"compression.{side}"] = comp.get(side, {}).get("_target_", "").rsplit(".", 1)[-1]
+    return out
+
+
 def run(cfg: DictConfig | dict | RunSpec, out_dir: str | Path | None = None,
-        on_round: Callable[[dict, RunSpec], None] | None = None) -> pd.DataFrame:
+        on_round: Callable[[dict, RunSpec], None] | None = None,
+        choices: dict | None = None) -> pd.DataFrame:
     """Run one configuration; write the run-folder files into ``out_dir`` when given.
 
-    Returns the metrics table (one row per completed round).
+    ``choices`` (group -> option name, e.g. ``{"method": "lora"}``; the CLI passes Hydra's)
+    is recorded in ``summary.json`` as the run's identity for reports. Returns the metrics
+    table (one row per completed round).
     """
     spec = cfg if isinstance(cfg, RunSpec) else validate(cfg)
     threads = set_threads(spec.threads)
@@ -88,6 +103,7 @@ def run(cfg: DictConfig | dict | RunSpec, out_dir: str | Path | None = None,
             "torch_version": torch.__version__,
             "fedbench_version": fedbench.__version__,
             "config_hash": spec.config_hash,
+            "choices": dict(choices) if choices else component_names(spec.resolved),
             "started_at": started,
             "finished_at": _now(),
             "wall_s": writer.rows[-1]["elapsed_s"] if writer.rows else 0.0,
