@@ -19,7 +19,7 @@ from fedbench.threads import threads_for_job
 log = logging.getLogger("fedbench")
 
 EXIT_BAD_CONFIG = 2
-EXIT_INTERRUPTED = 130
+EXIT_INTERRUPTED = 130  # 128 + SIGINT; a SIGTERM'd run exits 143 (128 + SIGTERM)
 
 
 def human_bytes(n: float) -> str:
@@ -58,7 +58,11 @@ def _task(cfg: DictConfig) -> float:
     if threads != spec.threads:
         spec = dataclasses.replace(spec, threads=threads)
     choices = {k: v for k, v in hc.runtime.choices.items() if not k.startswith("hydra/") and v is not None}
-    df = run(spec, out_dir=out_dir, on_round=_log_round, choices=choices)
+    try:
+        df = run(spec, out_dir=out_dir, on_round=_log_round, choices=choices)
+    except ConfigError as exc:  # e.g. the run folder holds a different configuration
+        print(f"fedbench: {exc}", file=sys.stderr)
+        sys.exit(EXIT_BAD_CONFIG)
     table = df[["round", "accuracy", "bytes_up", "bytes_down", "cum_bytes"]].to_string(
         index=False, formatters={"accuracy": "{:.4f}".format})
     print(table)
@@ -69,17 +73,38 @@ def _task(cfg: DictConfig) -> float:
     return float(last.accuracy)
 
 
+def expand_resume_path(argv: list[str]) -> list[str]:
+    """``resume=PATH`` -> that run's own overrides + ``hydra.run.dir=PATH resume=true``."""
+    out, folder = [], None
+    for arg in argv:
+        key, sep, value = arg.partition("=")
+        if sep and key == "resume" and value.lower() not in ("true", "false"):
+            folder = Path(value)
+        else:
+            out.append(arg)
+    if folder is None:
+        return argv
+    saved = folder / ".hydra" / "overrides.yaml"
+    if not saved.is_file():
+        raise CommandLineError(f"resume={folder}: not a fedbench run folder (no .hydra/overrides.yaml)")
+    previous = [o for o in OmegaConf.to_container(OmegaConf.load(saved))
+                if not o.startswith(("resume=", "hydra.run.dir="))]
+    return [*previous, *out, f"hydra.run.dir={folder.resolve()}", "resume=true"]
+
+
 def main() -> None:
     try:
+        sys.argv[1:] = expand_resume_path(sys.argv[1:])
         check_command_line(sys.argv[1:])
     except CommandLineError as exc:
         print(f"fedbench: {exc}", file=sys.stderr)
         sys.exit(EXIT_BAD_CONFIG)
     try:
         _task()
-    except KeyboardInterrupt:
-        print("fedbench: interrupted; completed rounds are in the run folder's metrics.csv", file=sys.stderr)
-        sys.exit(EXIT_INTERRUPTED)
+    except KeyboardInterrupt as exc:
+        print("fedbench: interrupted; completed rounds are in the run folder (metrics.csv, "
+              "checkpoint/); run again with resume=<run folder> to continue", file=sys.stderr)
+        sys.exit(128 + getattr(exc, "signum", 2))
 
 
 if __name__ == "__main__":

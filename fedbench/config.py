@@ -13,7 +13,7 @@ import hashlib
 import json
 import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, List
 
 from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
@@ -48,6 +48,12 @@ class FLConfig:
     eval_batch_size: int = 64
     # Use a model's hand-written training step when it has one (bit-identical to autograd).
     fast_step: bool = True
+    # Client sampling: "uniform" (the tutorial) or "weighted" by local data size.
+    sampling: str = "uniform"
+    # Probability that a selected client trains but its update never arrives.
+    dropout: float = 0.0
+    # Injected faults, "KIND:CLIENT:ROUND" (see fedbench.fl.faults).
+    faults: List[str] = field(default_factory=list)  # noqa: UP006 (OmegaConf)
 
     def __post_init__(self) -> None:
         for key in ("num_rounds", "num_clients", "clients_per_round", "local_epochs", "batch_size",
@@ -62,6 +68,14 @@ class FLConfig:
             raise ConfigError("fl.lr", "must be a float > 0", self.lr)
         if self.weight_decay < 0:
             raise ConfigError("fl.weight_decay", "must be a float >= 0", self.weight_decay)
+        if self.sampling not in ("uniform", "weighted"):
+            raise ConfigError("fl.sampling", "must be one of: uniform, weighted", self.sampling)
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError("fl.dropout", "must be a probability in [0, 1)", self.dropout)
+        from fedbench.fl.faults import parse_fault
+
+        for spec in self.faults:
+            parse_fault(spec)
         if self.sampling_seed < 0:
             raise ConfigError("fl.sampling_seed", "must be an integer >= 0", self.sampling_seed)
 
@@ -72,6 +86,8 @@ class RunSpec:
 
     seed: int
     threads: int | None
+    resume: bool
+    checkpoint_every: int
     fl: FLConfig
     model: Any
     method: Any
@@ -89,9 +105,10 @@ class RunSpec:
 def config_hash(resolved: dict) -> str:
     """Identity of a resolved config: sha256 of its canonical JSON, minus ``threads``.
 
-    Thread count is recorded separately (it changes float rounding, not the experiment).
+    Thread count is recorded separately (it changes float rounding, not the experiment);
+    ``resume``/``checkpoint_every`` say how a run is executed, not what it computes.
     """
-    ident = {k: v for k, v in resolved.items() if k != "threads"}
+    ident = {k: v for k, v in resolved.items() if k not in ("threads", "resume", "checkpoint_every")}
     return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -139,7 +156,7 @@ def validate(cfg: DictConfig | dict) -> RunSpec:
         resolved = OmegaConf.to_container(cfg, resolve=True)
     except OmegaConfBaseException as exc:
         raise ConfigError(str(getattr(exc, "full_key", "config")), str(exc).splitlines()[0]) from None
-    allowed_top = {"seed", "threads", "fl", "compression", *COMPONENT_GROUPS}
+    allowed_top = {"seed", "threads", "resume", "checkpoint_every", "fl", "compression", *COMPONENT_GROUPS}
     for key in resolved:
         if key not in allowed_top:
             raise ConfigError(key, f"unknown key; known top-level keys: {', '.join(sorted(allowed_top))}")
@@ -152,6 +169,12 @@ def validate(cfg: DictConfig | dict) -> RunSpec:
     threads = resolved.get("threads")
     if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool) or threads < 1):
         raise ConfigError("threads", "must be null (torch's default) or an integer >= 1", threads)
+    resume = resolved.get("resume", True)
+    if not isinstance(resume, bool):
+        raise ConfigError("resume", "must be true or false (or, on the command line, a run folder)", resume)
+    every = resolved.get("checkpoint_every", 1)
+    if not isinstance(every, int) or isinstance(every, bool) or every < 0:
+        raise ConfigError("checkpoint_every", "must be an integer >= 0 (0 = no checkpoints)", every)
     fl = _merge_into(FLConfig, resolved["fl"], "fl")
     comps = {k: instantiate(resolved[k], k) for k in COMPONENT_GROUPS}
     # Cross-component checks (e.g. the model's classes cover the data's labels), before training.
@@ -164,5 +187,5 @@ def validate(cfg: DictConfig | dict) -> RunSpec:
         raise ConfigError("compression", "must have exactly the keys 'up' and 'down'")
     up = instantiate(comp["up"], "compression.up")
     down = instantiate(comp["down"], "compression.down")
-    return RunSpec(seed=seed, threads=threads, fl=fl, compression_up=up, compression_down=down,
+    return RunSpec(seed=seed, threads=threads, resume=resume, checkpoint_every=every, fl=fl, compression_up=up, compression_down=down,
                    resolved=resolved, **comps)

@@ -8,6 +8,7 @@ ends), next to Hydra's ``.hydra/``.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 import tempfile
@@ -24,8 +25,11 @@ SUMMARY_JSON = "summary.json"
 COLUMNS = [
     "round", "accuracy", "test_loss", "train_loss",
     "bytes_up", "bytes_down", "cum_bytes_up", "cum_bytes_down", "cum_bytes",
-    "clients", "trainable_params", "wall_s", "elapsed_s", "selected",
+    "clients", "reported", "rejected", "trainable_params", "wall_s", "elapsed_s", "selected",
 ]
+INT_COLUMNS = {"round", "bytes_up", "bytes_down", "cum_bytes_up", "cum_bytes_down", "cum_bytes",
+               "clients", "reported", "rejected", "trainable_params"}
+CLIENTS_CSV = "clients.csv"
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -36,7 +40,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
-            os.fsync(fh.fileno())
+
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -62,11 +66,19 @@ def write_parquet_atomic(df: pd.DataFrame, path: Path) -> None:
 class MetricsWriter:
     """Accumulates rows, keeps running byte totals, and appends each row to ``metrics.csv``."""
 
-    def __init__(self, out_dir: Path | None, rows: list[dict] | None = None) -> None:
+    def __init__(self, out_dir: Path | None, rows: list[dict] | None = None, rewrite: bool = False) -> None:
+        """``rows``: rows already done (a resumed run); ``rewrite`` replaces metrics.csv by them."""
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.rows: list[dict] = list(rows or [])
         if self.out_dir is not None:
             self.out_dir.mkdir(parents=True, exist_ok=True)
+            if rewrite:
+                buf = io.StringIO()
+                writer = csv.DictWriter(buf, fieldnames=COLUMNS)
+                writer.writeheader()
+                for row in self.rows:
+                    writer.writerow(_csv_row(row))
+                atomic_write_bytes(self.csv_path, buf.getvalue().encode())
 
     @property
     def csv_path(self) -> Path | None:
@@ -87,9 +99,9 @@ class MetricsWriter:
                 writer = csv.DictWriter(fh, fieldnames=COLUMNS)
                 if new:
                     writer.writeheader()
-                writer.writerow({k: (repr(v) if isinstance(v, float) else v) for k, v in row.items()})
+                writer.writerow(_csv_row(row))
                 fh.flush()
-                os.fsync(fh.fileno())
+
         return row
 
     def frame(self) -> pd.DataFrame:
@@ -102,6 +114,24 @@ class MetricsWriter:
             write_parquet_atomic(df, self.out_dir / METRICS_PARQUET)
             atomic_write_json(self.out_dir / SUMMARY_JSON, summary)
         return df
+
+
+def _csv_row(row: dict) -> dict:
+    # repr() round-trips floats exactly, so a resumed run reads back the same values
+    return {k: (repr(v) if isinstance(v, float) else v) for k, v in row.items()}
+
+
+def write_label_histogram(data, out_dir: Path) -> None:
+    """``clients.csv``: samples per label for every client (and the test set), one row each."""
+    import torch
+
+    n = int(data.num_classes)
+    lines = ["client,size," + ",".join(f"label_{i}" for i in range(n))]
+    sets = [(str(i), y) for i, (_, y) in enumerate(data.clients)] + [("test", data.test[1])]
+    for name, y in sets:
+        counts = torch.bincount(y.reshape(-1).long(), minlength=n).tolist()
+        lines.append(f"{name},{len(y)}," + ",".join(map(str, counts)))
+    atomic_write_bytes(Path(out_dir) / CLIENTS_CSV, ("\n".join(lines) + "\n").encode())
 
 
 def summarize(rows: list[dict]) -> dict:

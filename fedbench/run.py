@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import csv
 import datetime as _dt
-import math
+import json
+import logging
 import random
+import signal
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -14,10 +19,23 @@ import torch
 from omegaconf import DictConfig
 
 import fedbench
-from fedbench.config import RunSpec, validate
+from fedbench import checkpoint
+from fedbench.config import ConfigError, RunSpec, validate
 from fedbench.fl.engine import Engine
+from fedbench.fl.faults import FaultPlan
 from fedbench.fl.state import FlatParams
-from fedbench.results import MetricsWriter, summarize
+from fedbench.results import (
+    COLUMNS,
+    INT_COLUMNS,
+    METRICS_CSV,
+    METRICS_PARQUET,
+    SUMMARY_JSON,
+    MetricsWriter,
+    summarize,
+    write_label_histogram,
+)
+
+log = logging.getLogger("fedbench")
 
 
 def set_threads(threads: int | None) -> int:
@@ -58,33 +76,130 @@ def component_names(resolved: dict) -> dict:
     return out
 
 
+class Interrupted(KeyboardInterrupt):
+    """SIGTERM (or SIGINT) arrived: the run stops after recording what it has."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(f"signal {signum}")
+        self.signum = signum
+
+
+@contextlib.contextmanager
+def _signals_interrupt():
+    """Turn SIGTERM into :class:`Interrupted` (SIGINT already raises KeyboardInterrupt)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        raise Interrupted(signum)
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _read_rows(csv_path: Path, up_to_round: int) -> list[dict]:
+    """Rows of a run's metrics.csv up to a round, with their exact values (floats are repr'd)."""
+    if not csv_path.is_file():
+        return []
+    rows = []
+    with open(csv_path, newline="") as fh:
+        for raw in csv.DictReader(fh):
+            row = {}
+            for k in COLUMNS:
+                v = raw.get(k, "")
+                row[k] = v if k == "selected" else (int(v) if k in INT_COLUMNS else float(v))
+            if row["round"] <= up_to_round:
+                rows.append(row)
+    return rows
+
+
+def _mismatch(out: Path, found: str, spec: RunSpec) -> ConfigError:
+    return ConfigError("resume", f"run folder {out} holds a different configuration (config_hash "
+                       f"{found}, this run {spec.config_hash}); use another folder or resume=false",
+                       spec.resume)
+
+
+def _start_fresh(out: Path) -> None:
+    for name in (METRICS_CSV, METRICS_PARQUET, SUMMARY_JSON):
+        (out / name).unlink(missing_ok=True)
+    checkpoint.clear(out)
+
+
 def run(cfg: DictConfig | dict | RunSpec, out_dir: str | Path | None = None,
         on_round: Callable[[dict, RunSpec], None] | None = None,
         choices: dict | None = None) -> pd.DataFrame:
     """Run one configuration; write the run-folder files into ``out_dir`` when given.
 
+    With ``resume`` (the default) and an ``out_dir`` that already holds this configuration:
+    a complete result is returned as is, and a checkpoint is continued from, bit for bit.
     ``choices`` (group -> option name, e.g. ``{"method": "lora"}``; the CLI passes Hydra's)
     is recorded in ``summary.json`` as the run's identity for reports. Returns the metrics
     table (one row per completed round).
     """
     spec = cfg if isinstance(cfg, RunSpec) else validate(cfg)
+    out = Path(out_dir) if out_dir is not None else None
+    saved = None
+    if out is not None and out.is_dir():
+        if spec.resume:
+            summary_path = out / SUMMARY_JSON
+            if summary_path.is_file():
+                done = json.loads(summary_path.read_text())
+                if done.get("config_hash") != spec.config_hash:
+                    raise _mismatch(out, done.get("config_hash"), spec)
+                if done.get("status") == "complete" and (out / METRICS_PARQUET).is_file():
+                    log.info("%s already holds this run's complete result; skipping", out)
+                    return pd.read_parquet(out / METRICS_PARQUET)
+            saved = checkpoint.load(out)
+            if saved is not None and saved[1].get("config_hash") != spec.config_hash:
+                raise _mismatch(out, saved[1].get("config_hash"), spec)
+        if saved is None:
+            _start_fresh(out)
+
     threads = set_threads(spec.threads)
     started = _now()
     data, model, state = build(spec)
     engine = Engine(model=model, state=state, data=data, fl=spec.fl, strategy=spec.strategy,
-                    codec_up=spec.compression_up, codec_down=spec.compression_down)
-    writer = MetricsWriter(out_dir)
+                    codec_up=spec.compression_up, codec_down=spec.compression_down,
+                    faults=FaultPlan.from_config(spec.fl.faults))
+    rows: list[dict] = []
+    resumed_from = None
+    if saved is not None:
+        engine.load_state_dict(*saved)
+        resumed_from = engine.round
+        rows = _read_rows(out / METRICS_CSV, engine.round)
+        if len(rows) != engine.round:
+            raise ValueError(f"{out / METRICS_CSV} has {len(rows)} rows up to round {engine.round}; "
+                             "cannot resume consistently")
+        log.info("resuming %s after round %d", out, engine.round)
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        write_label_histogram(data, out)
+    writer = MetricsWriter(out, rows, rewrite=saved is not None)
+    every = spec.checkpoint_every
     status = "running"
     try:
-        for _ in range(spec.fl.num_rounds):
-            row = writer.append(engine.run_round())
-            if on_round is not None:
-                on_round(row, spec)
-            if not (math.isfinite(row["test_loss"]) and math.isfinite(row["train_loss"])) or engine.diverged():
-                status = "diverged"
-                break
-        else:
-            status = "complete"
+        with _signals_interrupt():
+            while engine.round < spec.fl.num_rounds:
+                row = engine.run_round()
+                diverged = engine.diverged(row)
+                row.pop("_all_nonfinite")
+                row = writer.append(row)
+                if on_round is not None:
+                    on_round(row, spec)
+                last = engine.round == spec.fl.num_rounds
+                if out is not None and every and (engine.round % every == 0 or last or diverged):
+                    tensors, meta = engine.state_dict()
+                    checkpoint.save(out, tensors, {**meta, "config_hash": spec.config_hash})
+                if diverged:
+                    status = "diverged"
+                    log.warning("round %d: the global model diverged (non-finite); stopping", engine.round)
+                    break
+            else:
+                status = "complete"
     except KeyboardInterrupt:
         status = "interrupted"
         raise
@@ -104,6 +219,7 @@ def run(cfg: DictConfig | dict | RunSpec, out_dir: str | Path | None = None,
             "fedbench_version": fedbench.__version__,
             "config_hash": spec.config_hash,
             "choices": dict(choices) if choices else component_names(spec.resolved),
+            "resumed_from_round": resumed_from,
             "started_at": started,
             "finished_at": _now(),
             "wall_s": writer.rows[-1]["elapsed_s"] if writer.rows else 0.0,

@@ -20,10 +20,19 @@ def message_bytes(message: Message) -> int:
 
 
 class Codec:
-    def encode(self, payload: Payload) -> Message:
+    """Encodes a payload into the tensors that cross the wire, and back.
+
+    ``key`` names the sender's stream (a client id, or ``"server"``) for codecs that keep
+    per-sender state (e.g. error feedback). ``delta = True`` asks the engine to send the
+    client's change (w_k - w_start) instead of its weights.
+    """
+
+    delta = False
+
+    def encode(self, payload: Payload, key=None) -> Message:
         raise NotImplementedError
 
-    def decode(self, message: Message) -> Payload:
+    def decode(self, message: Message, key=None) -> Payload:
         raise NotImplementedError
 
 
@@ -31,10 +40,10 @@ class Codec:
 class NoCompression(Codec):
     """Send tensors as they are (float32 stays float32)."""
 
-    def encode(self, payload: Payload) -> Message:
+    def encode(self, payload: Payload, key=None) -> Message:
         return {k: (v,) for k, v in payload.items()}
 
-    def decode(self, message: Message) -> Payload:
+    def decode(self, message: Message, key=None) -> Payload:
         return {k: parts[0] for k, parts in message.items()}
 
 
@@ -42,8 +51,8 @@ class NoCompression(Codec):
 class Float16(Codec):
     """Cast to IEEE half precision on the wire; decoded back to float32."""
 
-    def encode(self, payload: Payload) -> Message:
+    def encode(self, payload: Payload, key=None) -> Message:
         return {k: (v.to(torch.float16),) for k, v in payload.items()}
 
-    def decode(self, message: Message) -> Payload:
+    def decode(self, message: Message, key=None) -> Payload:
         return {k: parts[0].to(torch.float32) for k, parts in message.items()}

@@ -2,14 +2,20 @@
 
 One round: sample clients; encode the global payload once and send it to each of them (bytes
 counted per recipient); each client starts from the decoded payload, trains locally and
-encodes its update (bytes counted); the strategy aggregates the decoded updates; the new
-global state is evaluated and one metrics row is returned.
+encodes its update (bytes counted); the server decodes and validates every update (expected
+keys, shapes, dtypes, all finite), the strategy aggregates the accepted ones; the new global
+state is evaluated and one metrics row is returned.
+
+Everything that decides later rounds (global payload, strategy and codec state, every RNG) is
+in :meth:`Engine.state_dict`, so a run resumed from a checkpoint continues bit for bit.
 """
 
 from __future__ import annotations
 
+import logging
+import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -18,10 +24,34 @@ from torch import nn
 from fedbench.config import FLConfig
 from fedbench.data import FederatedData
 from fedbench.fl.comm import Codec, message_bytes
+from fedbench.fl.faults import FaultPlan
 from fedbench.fl.local import evaluate, train_client
 from fedbench.fl.optim import FlatAdamW
 from fedbench.fl.state import FlatParams, Payload
 from fedbench.fl.strategies import Strategy
+
+log = logging.getLogger("fedbench")
+
+
+def check_update(update: Payload, template: Payload) -> str | None:
+    """Why a decoded client update cannot be aggregated, or None if it can."""
+    missing = [k for k in template if k not in update]
+    if missing:
+        return f"missing keys {missing[:3]}{'...' if len(missing) > 3 else ''}"
+    extra = [k for k in update if k not in template]
+    if extra:
+        return f"unexpected keys {extra[:3]}{'...' if len(extra) > 3 else ''}"
+    for key, ref in template.items():
+        t = update[key]
+        if not isinstance(t, torch.Tensor):
+            return f"{key}: not a tensor"
+        if t.shape != ref.shape:
+            return f"{key}: shape {tuple(t.shape)} != {tuple(ref.shape)}"
+        if t.dtype != ref.dtype:
+            return f"{key}: dtype {t.dtype} != {ref.dtype}"
+        if not bool(torch.isfinite(t).all()):
+            return f"{key}: non-finite values"
+    return None
 
 
 @dataclass
@@ -33,61 +63,145 @@ class Engine:
     strategy: Strategy
     codec_up: Codec
     codec_down: Codec
+    faults: FaultPlan = field(default_factory=FaultPlan)
 
     def __post_init__(self) -> None:
         self.opt = FlatAdamW(self.state.flat, self.state.grad, lr=self.fl.lr,
                              weight_decay=self.fl.weight_decay)
         # The tutorial samples with numpy's global legacy RNG, last seeded with 999.
         self.sampler = np.random.RandomState(self.fl.sampling_seed)
+        # Dropout draws from its own stream so that fl.dropout=0 leaves every other draw alone.
+        self.dropout_rng = np.random.RandomState([self.fl.sampling_seed, 1])
         self.global_payload: Payload = self.state.snapshot()
         self.round = 0  # rounds completed
+        self.sizes = np.array(self.data.client_sizes(), dtype=np.float64)
         # A model may offer a hand-written training step that is bit-identical to autograd.
         self.step = None
         if self.fl.fast_step:
             make_step = getattr(self.model, "fast_step", None)
             self.step = make_step(self.state) if make_step is not None else None
 
+    # -- one round -----------------------------------------------------------------------
     def select_clients(self) -> list[int]:
-        chosen = self.sampler.choice(self.fl.num_clients, self.fl.clients_per_round, replace=False)
+        n, k = self.fl.num_clients, self.fl.clients_per_round
+        if self.fl.sampling == "weighted":
+            chosen = self.sampler.choice(n, k, replace=False, p=self.sizes / self.sizes.sum())
+        else:
+            chosen = self.sampler.choice(n, k, replace=False)
         return [int(c) for c in chosen]
 
     def run_round(self) -> dict:
         t0 = time.perf_counter()
+        rnd = self.round + 1
         selected = self.select_clients()
-        down_message = self.codec_down.encode(self.global_payload)
+        drops = self.dropout_rng.random_sample(len(selected)) < self.fl.dropout if self.fl.dropout > 0 else None
+        down_message = self.codec_down.encode(self.global_payload, key="server")
         bytes_down = message_bytes(down_message) * len(selected)
-        start = self.codec_down.decode(down_message)
+        start = self.codec_down.decode(down_message, key="server")
+        start_flat = None
+        mu = float(getattr(self.strategy, "proximal_mu", 0.0) or 0.0)
 
         updates: list[tuple[int, Payload]] = []
-        bytes_up, loss_sum, sample_sum = 0, 0.0, 0
-        for cid in selected:
+        bytes_up, loss_sum, sample_sum, reported, rejected, nonfinite = 0, 0.0, 0, 0, 0, 0
+        for i, cid in enumerate(selected):
             x, y = self.data.clients[cid]
             self.state.load(start)
+            if mu > 0 and start_flat is None:
+                start_flat = self.state.flat.clone()
             self.opt.reset()
-            loss = train_client(self.model, self.state, self.opt, x, y,
-                                self.fl.local_epochs, self.fl.batch_size, self.step)
-            up_message = self.codec_up.encode(self.state.snapshot())
+            loss = train_client(self.model, self.state, self.opt, x, y, self.fl.local_epochs,
+                                self.fl.batch_size, self.step, prox=(mu, start_flat) if mu > 0 else None)
+            if drops is not None and drops[i]:
+                continue  # trained, but the update never arrives: no uplink bytes
+            payload = self.state.snapshot()
+            if self.codec_up.delta:
+                payload = {k: v - start[k] for k, v in payload.items()}
+            up_message = self.codec_up.encode(payload, key=cid)
             bytes_up += message_bytes(up_message)
-            updates.append((len(y), self.codec_up.decode(up_message)))
+            reported += 1
+            update = self.codec_up.decode(up_message, key=cid)
+            if self.codec_up.delta:
+                update = {k: start[k] + v if k in start and v.shape == start[k].shape else v
+                          for k, v in update.items()}
+            update = self.faults.apply(update, cid, rnd)
+            reason = check_update(update, self.global_payload)
+            if reason is not None:
+                rejected += 1
+                nonfinite += "non-finite" in reason
+                log.warning("round %d: rejected the update of client %d: %s", rnd, cid, reason)
+                continue
+            updates.append((len(y), update))
             loss_sum += loss * len(y)
             sample_sum += len(y)
 
-        self.global_payload = self.strategy.aggregate(self.global_payload, updates)
-        self.state.load(self.global_payload)
+        all_nonfinite = reported > 0 and nonfinite == reported
+        if updates:
+            self.global_payload = self.strategy.aggregate(self.global_payload, updates)
+            self.state.load(self.global_payload)
+        else:
+            self.state.load(self.global_payload)  # nothing usable arrived: keep the global model
         accuracy, test_loss = evaluate(self.model, *self.data.test, batch_size=self.fl.eval_batch_size)
-        self.round += 1
+        self.round = rnd
         return {
-            "round": self.round,
+            "round": rnd,
             "accuracy": accuracy,
             "test_loss": test_loss,
-            "train_loss": loss_sum / sample_sum,
+            "train_loss": loss_sum / sample_sum if sample_sum else float("nan"),
             "bytes_up": bytes_up,
             "bytes_down": bytes_down,
             "clients": len(selected),
+            "reported": reported,
+            "rejected": rejected,
             "selected": " ".join(map(str, selected)),
             "trainable_params": self.state.numel,
             "wall_s": time.perf_counter() - t0,
+            "_all_nonfinite": all_nonfinite,
         }
 
-    def diverged(self) -> bool:
-        return not bool(torch.isfinite(self.state.flat).all())
+    def diverged(self, row: dict) -> bool:
+        """The global model is unusable: non-finite weights or test loss, or every update was."""
+        return (row["_all_nonfinite"] or not np.isfinite(row["test_loss"])
+                or not bool(torch.isfinite(self.state.flat).all()))
+
+    # -- checkpointing ---------------------------------------------------------------------
+    def state_dict(self) -> tuple[dict[str, torch.Tensor], dict]:
+        """(tensors, JSON-able metadata): everything the next rounds depend on."""
+        tensors = {f"global/{k}": v.contiguous() for k, v in self.global_payload.items()}
+        tensors["rng/torch"] = torch.get_rng_state()
+        meta: dict = {"round": self.round}
+        for name, rs in (("sampler", self.sampler), ("dropout", self.dropout_rng)):
+            kind, keys, pos, has_gauss, gauss = rs.get_state()
+            tensors[f"rng/{name}"] = torch.from_numpy(keys.astype(np.int64))
+            meta[f"rng_{name}"] = [kind, int(pos), int(has_gauss), float(gauss)]
+        kind, keys, pos, has_gauss, gauss = np.random.get_state()
+        tensors["rng/numpy_global"] = torch.from_numpy(keys.astype(np.int64))
+        meta["rng_numpy_global"] = [kind, int(pos), int(has_gauss), float(gauss)]
+        version, internal, gauss_next = random.getstate()
+        meta["rng_python"] = [version, list(internal), gauss_next]
+        for prefix, obj in (("strategy", self.strategy), ("codec_up", self.codec_up),
+                            ("codec_down", self.codec_down)):
+            get = getattr(obj, "state_dict", None)
+            if get is not None:
+                t, m = get()
+                tensors.update({f"{prefix}/{k}": v.contiguous() for k, v in t.items()})
+                meta[prefix] = m
+        return tensors, meta
+
+    def load_state_dict(self, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+        self.round = int(meta["round"])
+        self.global_payload = {k: tensors[f"global/{k}"].clone() for k in self.state.names}
+        self.state.load(self.global_payload)
+        torch.set_rng_state(tensors["rng/torch"])
+        for name, rs in (("sampler", self.sampler), ("dropout", self.dropout_rng)):
+            kind, pos, has_gauss, gauss = meta[f"rng_{name}"]
+            rs.set_state((kind, tensors[f"rng/{name}"].numpy().astype(np.uint32), pos, has_gauss, gauss))
+        kind, pos, has_gauss, gauss = meta["rng_numpy_global"]
+        np.random.set_state((kind, tensors["rng/numpy_global"].numpy().astype(np.uint32), pos, has_gauss, gauss))
+        version, internal, gauss_next = meta["rng_python"]
+        random.setstate((version, tuple(internal), gauss_next))
+        for prefix, obj in (("strategy", self.strategy), ("codec_up", self.codec_up),
+                            ("codec_down", self.codec_down)):
+            load = getattr(obj, "load_state_dict", None)
+            if load is not None:
+                sub = {k[len(prefix) + 1:]: v for k, v in tensors.items() if k.startswith(prefix + "/")}
+                load(sub, meta.get(prefix, {}))

@@ -34,20 +34,23 @@ def shuffled_order(n: int) -> torch.Tensor:
 
 def train_client(model: nn.Module, state: FlatParams, opt: FlatAdamW, x: torch.Tensor,
                  y: torch.Tensor, epochs: int, batch_size: int,
-                 step: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None) -> float:
+                 step: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+                 prox: tuple[float, torch.Tensor] | None = None) -> float:
     """Train the live parameters in place; returns the mean batch loss.
 
     ``step(xb, yb)``, when given, computes the loss and writes the gradients into
     ``state.grad`` itself (a model's hand-written step); otherwise autograd does.
+    ``prox=(mu, w0)`` adds FedProx's proximal term mu/2 ||w - w0||^2 (its gradient
+    mu (w - w0)) to the local objective.
     """
     model.train()
     if step is not None:
         with torch.no_grad():
-            return _train_loop(model, state, opt, x, y, epochs, batch_size, step)
-    return _train_loop(model, state, opt, x, y, epochs, batch_size, None)
+            return _train_loop(model, state, opt, x, y, epochs, batch_size, step, prox)
+    return _train_loop(model, state, opt, x, y, epochs, batch_size, None, prox)
 
 
-def _train_loop(model, state, opt, x, y, epochs, batch_size, step) -> float:
+def _train_loop(model, state, opt, x, y, epochs, batch_size, step, prox) -> float:
     n = len(y)
     total, batches = 0.0, 0
     for _ in range(epochs):
@@ -61,6 +64,9 @@ def _train_loop(model, state, opt, x, y, epochs, batch_size, step) -> float:
                 state.grad.zero_()
                 loss = F.cross_entropy(model(xb), yb)
                 loss.backward()
+            if prox is not None:
+                mu, w0 = prox
+                state.grad.add_(state.flat - w0, alpha=mu)
             opt.step()
             total += loss.item()
             batches += 1
