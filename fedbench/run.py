@@ -188,12 +188,12 @@ def run(cfg: DictConfig | dict | RunSpec, out_dir: str | Path | None = None,
                 diverged = engine.diverged(row)
                 row.pop("_all_nonfinite")
                 row = writer.append(row)
-                if on_round is not None:
-                    on_round(row, spec)
                 last = engine.round == spec.fl.num_rounds
                 if out is not None and every and (engine.round % every == 0 or last or diverged):
                     tensors, meta = engine.state_dict()
                     checkpoint.save(out, tensors, {**meta, "config_hash": spec.config_hash})
+                if on_round is not None:
+                    on_round(row, spec)
                 if diverged:
                     status = "diverged"
                     log.warning("round %d: the global model diverged (non-finite); stopping", engine.round)
