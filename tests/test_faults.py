@@ -18,7 +18,7 @@ BASE = ["fl.num_rounds=3", "fl.clients_per_round=4", "model.hidden_dim=64", "mod
         "threads=1"]
 
 
-@pytest.mark.parametrize("kind", ["nan", "inf", "wrong_shape", "wrong_dtype", "missing_key", "extra_key"])
+@pytest.mark.parametrize("kind", ["wrong_shape", "wrong_dtype", "missing_key", "extra_key"])
 def test_malformed_update_is_rejected_and_round_proceeds(kind):
     df = run(compose_cfg([*BASE, f"fl.faults=[{kind}:*:2]"]))
     assert df["rejected"].tolist() == [0, 4, 0]  # all of round 2's updates, none otherwise
@@ -38,8 +38,9 @@ def test_single_bad_client_is_dropped_from_the_average():
     assert bad.loc[0, "test_loss"] != clean.loc[0, "test_loss"]  # the average really changed
 
 
-def test_every_update_nonfinite_means_diverged(tmp_path):
-    df = run(compose_cfg([*BASE, "fl.num_rounds=5", "fl.faults=[nan:*:2]"]), out_dir=tmp_path)
+@pytest.mark.parametrize("kind", ["nan", "inf"])
+def test_every_update_nonfinite_means_diverged(tmp_path, kind):
+    df = run(compose_cfg([*BASE, "fl.num_rounds=5", f"fl.faults=[{kind}:*:2]"]), out_dir=tmp_path)
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["status"] == "diverged"
     assert len(df) == 2 and summary["rounds_completed"] == 2  # rows up to the failure kept
