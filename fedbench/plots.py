@@ -22,6 +22,7 @@ matplotlib.use("Agg")  # headless: never needs a display
 
 import matplotlib.colors as mcolors  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.ticker as mticker  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
@@ -120,6 +121,13 @@ def _save(fig, out_dir: Path, name: str) -> list[Path]:
     return paths
 
 
+def _log_axis(axis) -> None:
+    """Log scale with plain tick labels at 1, 2, 5 x 10^k (no overlapping 10^k minor labels)."""
+    axis.set_major_locator(mticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    axis.set_major_formatter(mticker.FuncFormatter(lambda v, _: f"{v:g}"))
+    axis.set_minor_formatter(mticker.NullFormatter())
+
+
 def _legend(ax, **kw) -> None:
     handles, labels = ax.get_legend_handles_labels()
     if handles:
@@ -148,6 +156,7 @@ def _accuracy_plot(runs, summary, styles, x: str, target, title: str, xlabel: st
     _target_line(ax, target)
     if logx:
         ax.set_xscale("log")
+        _log_axis(ax.xaxis)
     ax.set_xlabel(xlabel)
     ax.set_ylabel("test accuracy (fraction correct)")
     ax.set_title(f"{title}\n({_seeds_note(summary)})", fontsize=10)
@@ -181,6 +190,7 @@ def plot_mb_to_target(summary, styles, target, out_dir) -> list[Path]:
     ax.bar(xs[reached.to_numpy()], heights[reached.to_numpy()],
            color=[c for c, r in zip(colors, reached) if r], edgecolor="black", linewidth=0.6, zorder=3)
     ax.set_yscale("log")
+    _log_axis(ax.yaxis)
     finite = heights[np.isfinite(heights)]
     bottom = (finite.min() / 3) if finite.size else 0.1
     top = (finite.max() * 4) if finite.size else 1.0
@@ -221,6 +231,7 @@ def plot_pareto(summary, styles, out_dir) -> list[Path]:
         ax.step(pts["mb_total"], pts["final_acc_mean"], where="post", color="black", linewidth=1.0,
                 linestyle="--", alpha=0.7, zorder=2, label="Pareto front (circled)")
     ax.set_xscale("log")
+    _log_axis(ax.xaxis)
     ax.set_xlabel("total communication, up + down (MB, log scale; 1 MB = 10^6 bytes)")
     ax.set_ylabel("final test accuracy (fraction correct)")
     note = _seeds_note(summary).split(";")[0]
