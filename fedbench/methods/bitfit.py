@@ -1,0 +1,24 @@
+"""BitFit (Ben Zaken et al., 2022): only the bias terms of the backbone (every ``*.bias``,
+LayerNorm biases included) and the task head train and are communicated."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import nn
+
+from fedbench.methods._support import require
+from fedbench.methods.base import Method, is_head
+
+
+@dataclass
+class BitFit(Method):
+    def check_compatible(self, comps: dict, fl) -> None:
+        require("bitfit", "bias", comps)
+
+    def trainable(self, model: nn.Module) -> list[str]:
+        names = [n for n, _ in model.named_parameters()
+                 if is_head(model, n) or n.rpartition(".")[2] == "bias"]
+        if all(is_head(model, n) for n in names):
+            raise TypeError(f"{type(model).__name__} has no bias outside its head: bitfit = head_only here")
+        return names

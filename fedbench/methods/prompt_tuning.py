@@ -1,0 +1,64 @@
+"""Prompt tuning (Lester et al., 2021): ``num_virtual_tokens`` learned embeddings are prepended to
+the input embeddings of a frozen transformer (they take positions 0..P-1, the text follows).
+The virtual-token embeddings and the task head train and are communicated.
+
+``init: vocab`` starts the prompt from the embeddings of random vocabulary tokens (ids drawn from
+torch's RNG in [1000, vocab), past BERT's special and unused tokens); ``init: normal`` from
+N(0, init_std^2)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from fedbench.config import ConfigError
+from fedbench.methods._support import require
+from fedbench.methods.base import Method, is_head
+
+INITS = ("vocab", "normal")
+
+
+class PromptEmbedding(nn.Module):
+    def __init__(self, weight: torch.Tensor) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(weight)
+
+
+@dataclass
+class PromptTuning(Method):
+    num_virtual_tokens: int = 20
+    init: str = "vocab"
+    init_std: float = 0.02
+
+    def __post_init__(self) -> None:
+        if self.num_virtual_tokens < 1:
+            raise ConfigError("method.num_virtual_tokens", "must be an integer >= 1", self.num_virtual_tokens)
+        if self.init not in INITS:
+            raise ConfigError("method.init", f"must be one of: {', '.join(INITS)}", self.init)
+        if not self.init_std > 0:
+            raise ConfigError("method.init_std", "must be a float > 0", self.init_std)
+
+    def check_compatible(self, comps: dict, fl) -> None:
+        require("prompt_tuning", "prompt", comps)
+        limit = comps["model"].max_positions
+        length = getattr(comps["data"], "max_length", 0)
+        if self.num_virtual_tokens + length > limit:
+            raise ConfigError("method.num_virtual_tokens", f"plus data.max_length ({length}) must be <= the "
+                              f"model's {limit} positions", self.num_virtual_tokens)
+
+    def inject(self, model: nn.Module) -> None:
+        if not hasattr(model, "prompt"):
+            raise TypeError(f"{type(model).__name__} takes no prompt (needs a transformer model)")
+        emb = model.word_embeddings().weight
+        if self.init == "vocab":
+            low = 1000 if emb.shape[0] > 2000 else 0
+            ids = torch.randint(low, emb.shape[0], (self.num_virtual_tokens,))
+            weight = emb.detach()[ids].clone()
+        else:
+            weight = torch.randn(self.num_virtual_tokens, emb.shape[1]) * self.init_std
+        model.prompt = PromptEmbedding(weight.to(emb.dtype))
+
+    def trainable(self, model: nn.Module) -> list[str]:
+        return [n for n, _ in model.named_parameters() if n.startswith("prompt.") or is_head(model, n)]
