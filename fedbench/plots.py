@@ -29,15 +29,26 @@ import pandas as pd  # noqa: E402
 MB = 1e6  # decimal megabytes, as communication budgets are quoted
 FIGURES = ("accuracy_vs_round", "accuracy_vs_mb", "mb_to_target", "pareto")
 FORMATS = ("png", "pdf")
-_PALETTE = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2",
-            "#17becf", "#bcbd22", "#7f7f7f"]
+_PALETTE = [
+    "#1f77b4",
+    "#d62728",
+    "#2ca02c",
+    "#ff7f0e",
+    "#9467bd",
+    "#8c564b",
+    "#e377c2",
+    "#17becf",
+    "#bcbd22",
+    "#7f7f7f",
+]
 _LINESTYLES = ["-", "--", "-.", ":"]
 _MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*"]
 
 
 # --------------------------------------------------------------------------- Pareto front
-def pareto_front(df: pd.DataFrame, x: str, y: str, minimize_x: bool = True,
-                 maximize_y: bool = True) -> pd.Series:
+def pareto_front(
+    df: pd.DataFrame, x: str, y: str, minimize_x: bool = True, maximize_y: bool = True
+) -> pd.Series:
     """Boolean Series (aligned with ``df.index``): True for rows no other row dominates.
 
     With the defaults (less ``x`` is better, more ``y`` is better) row *i* is dominated when
@@ -105,8 +116,9 @@ def _seeds_note(summary: pd.DataFrame) -> str:
 
 def _target_line(ax, target: float | None, horizontal: bool = True) -> None:
     if target is not None and math.isfinite(target):
-        ax.axhline(target, color="0.35", linestyle=(0, (4, 3)), linewidth=1.0, zorder=1,
-                   label=f"target {target:.3f}")
+        ax.axhline(
+            target, color="0.35", linestyle=(0, (4, 3)), linewidth=1.0, zorder=1, label=f"target {target:.3f}"
+        )
 
 
 def _save(fig, out_dir: Path, name: str) -> list[Path]:
@@ -148,11 +160,22 @@ def _accuracy_plot(runs, summary, styles, x: str, target, title: str, xlabel: st
             continue
         st = styles[cid]
         xs = cc[x].to_numpy()
-        ax.plot(xs, cc["acc_mean"], color=st["color"], linestyle=st["linestyle"], marker=st["marker"],
-                markersize=3.5, markevery=max(1, len(cc) // 10), linewidth=1.6, label=st["label"], zorder=3)
+        ax.plot(
+            xs,
+            cc["acc_mean"],
+            color=st["color"],
+            linestyle=st["linestyle"],
+            marker=st["marker"],
+            markersize=3.5,
+            markevery=max(1, len(cc) // 10),
+            linewidth=1.6,
+            label=st["label"],
+            zorder=3,
+        )
         if (cc["acc_count"] > 1).any():
-            ax.fill_between(xs, cc["acc_min"], cc["acc_max"], color=st["color"], alpha=0.15,
-                            linewidth=0, zorder=2)
+            ax.fill_between(
+                xs, cc["acc_min"], cc["acc_max"], color=st["color"], alpha=0.15, linewidth=0, zorder=2
+            )
     _target_line(ax, target)
     if logx:
         ax.set_xscale("log")
@@ -168,16 +191,24 @@ def _accuracy_plot(runs, summary, styles, x: str, target, title: str, xlabel: st
 
 
 def plot_accuracy_vs_round(runs, summary, styles, target, out_dir) -> list[Path]:
-    fig = _accuracy_plot(runs, summary, styles, "round", target, "Test accuracy per round",
-                         "round", logx=False)
+    fig = _accuracy_plot(
+        runs, summary, styles, "round", target, "Test accuracy per round", "round", logx=False
+    )
     fig.axes[0].xaxis.get_major_locator().set_params(integer=True)
     return _save(fig, out_dir, "accuracy_vs_round")
 
 
 def plot_accuracy_vs_mb(runs, summary, styles, target, out_dir) -> list[Path]:
-    fig = _accuracy_plot(runs, summary, styles, "cum_mb", target,
-                         "Communication efficiency: test accuracy vs data communicated",
-                         "cumulative communication, up + down (MB, log scale; 1 MB = 10^6 bytes)", logx=True)
+    fig = _accuracy_plot(
+        runs,
+        summary,
+        styles,
+        "cum_mb",
+        target,
+        "Communication efficiency: test accuracy vs data communicated",
+        "cumulative communication, up + down (MB, log scale; 1 MB = 10^6 bytes)",
+        logx=True,
+    )
     return _save(fig, out_dir, "accuracy_vs_mb")
 
 
@@ -187,8 +218,14 @@ def plot_mb_to_target(summary, styles, target, out_dir) -> list[Path]:
     reached = summary["mb_to_target"].notna()
     heights = summary["mb_to_target"].where(reached, np.nan).to_numpy(dtype=float)
     colors = [styles[cid]["color"] for cid in summary["config_id"]]
-    ax.bar(xs[reached.to_numpy()], heights[reached.to_numpy()],
-           color=[c for c, r in zip(colors, reached) if r], edgecolor="black", linewidth=0.6, zorder=3)
+    ax.bar(
+        xs[reached.to_numpy()],
+        heights[reached.to_numpy()],
+        color=[c for c, r in zip(colors, reached) if r],
+        edgecolor="black",
+        linewidth=0.6,
+        zorder=3,
+    )
     ax.set_yscale("log")
     _log_axis(ax.yaxis)
     finite = heights[np.isfinite(heights)]
@@ -197,18 +234,35 @@ def plot_mb_to_target(summary, styles, target, out_dir) -> list[Path]:
     ax.set_ylim(bottom, top)
     for i, (_, row) in enumerate(summary.iterrows()):
         if pd.notna(row["mb_to_target"]):
-            ax.annotate(f"{row['mb_to_target']:.3g} MB\n{int(row['rounds_to_target'])} rnd",
-                        (i, row["mb_to_target"]), xytext=(0, 3), textcoords="offset points",
-                        ha="center", va="bottom", fontsize=7)
+            ax.annotate(
+                f"{row['mb_to_target']:.3g} MB\n{int(row['rounds_to_target'])} rnd",
+                (i, row["mb_to_target"]),
+                xytext=(0, 3),
+                textcoords="offset points",
+                ha="center",
+                va="bottom",
+                fontsize=7,
+            )
         else:
-            ax.annotate("not\nreached", (i, bottom), xytext=(0, 4), textcoords="offset points",
-                        ha="center", va="bottom", fontsize=7, color="0.3")
+            ax.annotate(
+                "not\nreached",
+                (i, bottom),
+                xytext=(0, 4),
+                textcoords="offset points",
+                ha="center",
+                va="bottom",
+                fontsize=7,
+                color="0.3",
+            )
     ax.set_xticks(xs)
     ax.set_xticklabels(summary["label"], rotation=30, ha="right", fontsize=8)
     ax.set_ylabel("MB communicated to reach target\n(up + down, log scale)")
     tgt = f"{target:.3f}" if target is not None and math.isfinite(target) else "n/a"
-    ax.set_title(f"Communication to reach target accuracy {tgt}\n"
-                 f"(first round where the {_seeds_note(summary).split(';')[0]} reaches it)", fontsize=10)
+    ax.set_title(
+        f"Communication to reach target accuracy {tgt}\n"
+        f"(first round where the {_seeds_note(summary).split(';')[0]} reaches it)",
+        fontsize=10,
+    )
     ax.grid(True, axis="y", which="major", alpha=0.3, zorder=0)
     return _save(fig, out_dir, "mb_to_target")
 
@@ -219,24 +273,61 @@ def plot_pareto(summary, styles, out_dir) -> list[Path]:
     for (_, row), on in zip(summary.iterrows(), front):
         st = styles[row["config_id"]]
         yerr = row["final_acc_std"] if pd.notna(row["final_acc_std"]) else None
-        ax.errorbar(row["mb_total"], row["final_acc_mean"], yerr=yerr, color=st["color"], marker=st["marker"],
-                    markersize=7, capsize=3, linestyle="none", label=st["label"], zorder=3)
+        ax.errorbar(
+            row["mb_total"],
+            row["final_acc_mean"],
+            yerr=yerr,
+            color=st["color"],
+            marker=st["marker"],
+            markersize=7,
+            capsize=3,
+            linestyle="none",
+            label=st["label"],
+            zorder=3,
+        )
         if on:
-            ax.plot(row["mb_total"], row["final_acc_mean"], marker="o", markersize=15, markerfacecolor="none",
-                    markeredgecolor="black", markeredgewidth=1.0, linestyle="none", zorder=4)
-        ax.annotate(row["label"], (row["mb_total"], row["final_acc_mean"]), xytext=(6, -10),
-                    textcoords="offset points", fontsize=7, color="0.2")
+            ax.plot(
+                row["mb_total"],
+                row["final_acc_mean"],
+                marker="o",
+                markersize=15,
+                markerfacecolor="none",
+                markeredgecolor="black",
+                markeredgewidth=1.0,
+                linestyle="none",
+                zorder=4,
+            )
+        ax.annotate(
+            row["label"],
+            (row["mb_total"], row["final_acc_mean"]),
+            xytext=(6, -10),
+            textcoords="offset points",
+            fontsize=7,
+            color="0.2",
+        )
     pts = summary[front].sort_values("mb_total")
     if len(pts):
-        ax.step(pts["mb_total"], pts["final_acc_mean"], where="post", color="black", linewidth=1.0,
-                linestyle="--", alpha=0.7, zorder=2, label="Pareto front (circled)")
+        ax.step(
+            pts["mb_total"],
+            pts["final_acc_mean"],
+            where="post",
+            color="black",
+            linewidth=1.0,
+            linestyle="--",
+            alpha=0.7,
+            zorder=2,
+            label="Pareto front (circled)",
+        )
     ax.set_xscale("log")
     _log_axis(ax.xaxis)
     ax.set_xlabel("total communication, up + down (MB, log scale; 1 MB = 10^6 bytes)")
     ax.set_ylabel("final test accuracy (fraction correct)")
     note = _seeds_note(summary).split(";")[0]
-    ax.set_title(f"Final accuracy vs total communication ({note}; error bar = ±1 std)\n"
-                 "Pareto front: no other configuration is both cheaper and more accurate", fontsize=10)
+    ax.set_title(
+        f"Final accuracy vs total communication ({note}; error bar = ±1 std)\n"
+        "Pareto front: no other configuration is both cheaper and more accurate",
+        fontsize=10,
+    )
     ax.grid(True, which="major", alpha=0.3)
     ax.grid(True, which="minor", alpha=0.1)
     ax.margins(x=0.15, y=0.12)
@@ -247,9 +338,18 @@ def plot_pareto(summary, styles, out_dir) -> list[Path]:
 def make_figures(runs: pd.DataFrame, summary: pd.DataFrame, target: float | None, out_dir) -> list[Path]:
     """Write every figure as PNG and PDF into ``out_dir``; return the paths written."""
     styles = config_styles(summary)
-    with plt.rc_context({"figure.dpi": 100, "axes.spines.top": False, "axes.spines.right": False,
-                         "svg.hashsalt": "fedbench", "pdf.fonttype": 42}):
-        return [*plot_accuracy_vs_round(runs, summary, styles, target, out_dir),
-                *plot_accuracy_vs_mb(runs, summary, styles, target, out_dir),
-                *plot_mb_to_target(summary, styles, target, out_dir),
-                *plot_pareto(summary, styles, out_dir)]
+    with plt.rc_context(
+        {
+            "figure.dpi": 100,
+            "axes.spines.top": False,
+            "axes.spines.right": False,
+            "svg.hashsalt": "fedbench",
+            "pdf.fonttype": 42,
+        }
+    ):
+        return [
+            *plot_accuracy_vs_round(runs, summary, styles, target, out_dir),
+            *plot_accuracy_vs_mb(runs, summary, styles, target, out_dir),
+            *plot_mb_to_target(summary, styles, target, out_dir),
+            *plot_pareto(summary, styles, out_dir),
+        ]

@@ -39,8 +39,15 @@ DEFAULT_TARGET_FRACTION = 0.9
 MB = 1e6
 RUN_MARKERS = (".hydra", "summary.json", "metrics.csv")
 # Metric columns a run must have to be reported (others, present or future, are carried along).
-REQUIRED_METRICS = ("round", "accuracy", "bytes_up", "bytes_down", "cum_bytes_up", "cum_bytes_down",
-                    "cum_bytes")
+REQUIRED_METRICS = (
+    "round",
+    "accuracy",
+    "bytes_up",
+    "bytes_down",
+    "cum_bytes_up",
+    "cum_bytes_down",
+    "cum_bytes",
+)
 # Named hyperparameter columns: column -> dotted config key (present only if some run has it).
 KEY_PARAMS = {
     "partition": "data.partition",
@@ -157,7 +164,10 @@ def load_run(path: Path) -> tuple[Run | None, str | None]:
     try:
         metrics = _read_metrics(path)
     except Exception as exc:  # noqa: BLE001 - pyarrow/pandas raise many kinds
-        return None, f"unreadable metrics ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
+        return (
+            None,
+            f"unreadable metrics ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})",
+        )
     missing = [c for c in REQUIRED_METRICS if c not in metrics.columns]
     if missing:
         return None, f"metrics lack column(s) {', '.join(missing)}"
@@ -331,8 +341,9 @@ def build_runs_table(runs: list[Run]) -> pd.DataFrame:
             varying_choices.append(side)
     labels = {}
     for r in runs:
-        labels[r.identity["config_id"]] = _label(r.identity, flatten(r.summary["config"]), vary,
-                                                 varying_choices)
+        labels[r.identity["config_id"]] = _label(
+            r.identity, flatten(r.summary["config"]), vary, varying_choices
+        )
     # two configurations must never share a label
     by_label: dict[str, set] = {}
     for cid, lab in labels.items():
@@ -342,8 +353,17 @@ def build_runs_table(runs: list[Run]) -> pd.DataFrame:
             for cid in cids:
                 labels[cid] = f"{lab} [{cid[:6]}]"
     id_cols = ["run_dir", *GROUPS, "compression", "compression_up", "compression_down"]
-    known = {*GROUPS, "compression", "seed", "threads", "config_hash", "config_id", *KEY_PARAMS,
-             "compression_up", "compression_down"}
+    known = {
+        *GROUPS,
+        "compression",
+        "seed",
+        "threads",
+        "config_hash",
+        "config_id",
+        *KEY_PARAMS,
+        "compression_up",
+        "compression_down",
+    }
     id_cols += sorted({k for r in runs for k in r.identity if k not in known})
     id_cols += [c for c in KEY_PARAMS if any(c in r.identity for r in runs)]
     extra = [k for k in vary if k not in KEY_PARAMS.values() and not k.startswith("compression.")]
@@ -401,8 +421,9 @@ def default_target(summary_rows: pd.DataFrame, fraction: float) -> tuple[float, 
     return fraction * float(best["final_acc_mean"]), str(best["label"])
 
 
-def build_summary(df: pd.DataFrame, runs: list[Run], target: float | None,
-                  fraction: float = DEFAULT_TARGET_FRACTION) -> tuple[pd.DataFrame, dict]:
+def build_summary(
+    df: pd.DataFrame, runs: list[Run], target: float | None, fraction: float = DEFAULT_TARGET_FRACTION
+) -> tuple[pd.DataFrame, dict]:
     """One row per configuration (display order) and the target's description."""
     by_run = {_display_path(r.path): r for r in runs}
     # identity columns: everything the runs table puts before ``seed`` (constant per configuration)
@@ -439,12 +460,20 @@ def build_summary(df: pd.DataFrame, runs: list[Run], target: float | None,
     summary = pd.DataFrame(rows)
     if target is None:
         target, best_label = default_target(summary, fraction)
-        how = {"target": target, "fraction": fraction, "best_label": best_label,
-               "best_final": target / fraction, "given": False}
+        how = {
+            "target": target,
+            "fraction": fraction,
+            "best_label": best_label,
+            "best_final": target / fraction,
+            "given": False,
+        }
     else:
         how = {"target": target, "given": True}
-    curves = df.groupby(["config_id", "round"], sort=True).agg(acc=("accuracy", "mean"),
-                                                                cum=("cum_bytes", "mean")).reset_index()
+    curves = (
+        df.groupby(["config_id", "round"], sort=True)
+        .agg(acc=("accuracy", "mean"), cum=("cum_bytes", "mean"))
+        .reset_index()
+    )
     r_to, mb_to, reached = [], [], []
     for _, row in summary.iterrows():
         c = curves[curves["config_id"] == row["config_id"]]
@@ -478,14 +507,17 @@ def _fmt_s(v) -> str:
     return f"{v:.1f}" if v >= 10 else f"{v:.2g}"
 
 
-def summary_markdown(summary: pd.DataFrame, how: dict, n_runs: int, skipped: int, dropped: int,
-                     figures: list[str]) -> str:
+def summary_markdown(
+    summary: pd.DataFrame, how: dict, n_runs: int, skipped: int, dropped: int, figures: list[str]
+) -> str:
     t = how["target"]
     if how["given"]:
         target_line = f"Target accuracy **{t:.4f}** (given with `--target-accuracy`)."
     else:
-        target_line = (f"Target accuracy **{t:.4f}** = {how['fraction']:g} × {how['best_final']:.4f}, "
-                       f"the best configuration's mean final accuracy (*{how['best_label']}*).")
+        target_line = (
+            f"Target accuracy **{t:.4f}** = {how['fraction']:g} × {how['best_final']:.4f}, "
+            f"the best configuration's mean final accuracy (*{how['best_label']}*)."
+        )
     threads = sorted({t for v in summary["threads"] for t in str(v).split()})
     lines = [
         "# fedbench report",
@@ -501,17 +533,36 @@ def summary_markdown(summary: pd.DataFrame, how: dict, n_runs: int, skipped: int
         "★ = on the Pareto front of final accuracy vs total MB.",
         "",
     ]
-    head = ["configuration", "seeds", "final acc. (mean ± std)", "best acc.", "MB up", "MB down",
-            f"MB to target {t:.3f}", "rounds to target", "trainable params", "wall s / run"]
+    head = [
+        "configuration",
+        "seeds",
+        "final acc. (mean ± std)",
+        "best acc.",
+        "MB up",
+        "MB down",
+        f"MB to target {t:.3f}",
+        "rounds to target",
+        "trainable params",
+        "wall s / run",
+    ]
     lines.append("| " + " | ".join(head) + " |")
     lines.append("|" + "|".join(["---"] + ["---:"] * (len(head) - 1)) + "|")
     for _, r in summary.iterrows():
         std = "" if pd.isna(r["final_acc_std"]) else f" ± {r['final_acc_std']:.4f}"
         rt = "not reached" if pd.isna(r["rounds_to_target"]) else f"{int(r['rounds_to_target'])}"
         name = r["label"] + (" ★" if r["pareto"] else "")
-        cells = [name, str(r["n_seeds"]), f"{r['final_acc_mean']:.4f}{std}", f"{r['best_acc_mean']:.4f}",
-                 _fmt_mb(r["mb_up"]), _fmt_mb(r["mb_down"]), _fmt_mb(r["mb_to_target"]), rt,
-                 f"{int(r['trainable_params']):,}", _fmt_s(r["wall_s_mean"])]
+        cells = [
+            name,
+            str(r["n_seeds"]),
+            f"{r['final_acc_mean']:.4f}{std}",
+            f"{r['best_acc_mean']:.4f}",
+            _fmt_mb(r["mb_up"]),
+            _fmt_mb(r["mb_down"]),
+            _fmt_mb(r["mb_to_target"]),
+            rt,
+            f"{int(r['trainable_params']):,}",
+            _fmt_s(r["wall_s_mean"]),
+        ]
         lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
     if figures:
         lines += ["", "## Figures", ""]
@@ -520,8 +571,9 @@ def summary_markdown(summary: pd.DataFrame, how: dict, n_runs: int, skipped: int
 
 
 # --------------------------------------------------------------------------- writing
-def _write_outputs(out: Path, df: pd.DataFrame, summary: pd.DataFrame, md: str, target: float,
-                   figures: bool) -> list[Path]:
+def _write_outputs(
+    out: Path, df: pd.DataFrame, summary: pd.DataFrame, md: str, target: float, figures: bool
+) -> list[Path]:
     """Build every file in a temporary sibling folder, then move them into ``out``."""
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
@@ -565,17 +617,31 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("paths", nargs="+", metavar="PATH", help="run or multirun folders (searched recursively)")
     p.add_argument("--out", default="report", help="output folder (default: ./report)")
     g = p.add_mutually_exclusive_group()
-    g.add_argument("--target-accuracy", type=_fraction, metavar="X",
-                   help="accuracy to reach (fraction in (0, 1]); default: --target-fraction of the "
-                        "best configuration's mean final accuracy")
-    g.add_argument("--target-fraction", type=_fraction, default=DEFAULT_TARGET_FRACTION, metavar="F",
-                   help=f"default target = F x best mean final accuracy (default {DEFAULT_TARGET_FRACTION})")
+    g.add_argument(
+        "--target-accuracy",
+        type=_fraction,
+        metavar="X",
+        help="accuracy to reach (fraction in (0, 1]); default: --target-fraction of the "
+        "best configuration's mean final accuracy",
+    )
+    g.add_argument(
+        "--target-fraction",
+        type=_fraction,
+        default=DEFAULT_TARGET_FRACTION,
+        metavar="F",
+        help=f"default target = F x best mean final accuracy (default {DEFAULT_TARGET_FRACTION})",
+    )
     p.add_argument("--no-figures", action="store_true", help="tables only")
     return p
 
 
-def report(paths: list[str], out: str | Path = "report", target_accuracy: float | None = None,
-           target_fraction: float = DEFAULT_TARGET_FRACTION, figures: bool = True) -> dict:
+def report(
+    paths: list[str],
+    out: str | Path = "report",
+    target_accuracy: float | None = None,
+    target_fraction: float = DEFAULT_TARGET_FRACTION,
+    figures: bool = True,
+) -> dict:
     """Run the report; returns what it did (also used by tests and the notebook)."""
     dirs = find_run_dirs(paths)
     runs, skipped = [], []
@@ -589,25 +655,40 @@ def report(paths: list[str], out: str | Path = "report", target_accuracy: float 
             warn(f"skipping {_display_path(d)}: {why}")
         else:
             runs.append(run)
-    info(f"skipped {len(skipped)} run folder(s)" + (" (incomplete or unreadable; named above)" if skipped else ""))
+    info(
+        f"skipped {len(skipped)} run folder(s)"
+        + (" (incomplete or unreadable; named above)" if skipped else "")
+    )
     if not runs:
         where = ", ".join(map(str, paths))
-        raise ReportError(f"no complete runs found under {where} ({len(dirs)} run folder(s) found, "
-                          f"{len(skipped)} skipped)", code=1)
+        raise ReportError(
+            f"no complete runs found under {where} ({len(dirs)} run folder(s) found, {len(skipped)} skipped)",
+            code=1,
+        )
     runs, dropped = deduplicate(runs)
     for old, new in dropped:
-        warn(f"duplicate run (config_hash {old.summary.get('config_hash')}, seed {old.identity['seed']}): "
-             f"keeping the newest {_display_path(new.path)}, ignoring {_display_path(old.path)}")
+        warn(
+            f"duplicate run (config_hash {old.summary.get('config_hash')}, seed {old.identity['seed']}): "
+            f"keeping the newest {_display_path(new.path)}, ignoring {_display_path(old.path)}"
+        )
     df = build_runs_table(runs)
     summary, how = build_summary(df, runs, target_accuracy, target_fraction)
     fig_names = [] if not figures else list(__import__("fedbench.plots", fromlist=["FIGURES"]).FIGURES)
     md = summary_markdown(summary, how, len(runs), len(skipped), len(dropped), fig_names)
     out = Path(out)
     written = _write_outputs(out, df, summary, md, how["target"], figures)
-    info(f"{len(runs)} run(s), {len(summary)} configuration(s), {len(df)} rows; "
-         f"target accuracy {how['target']:.4f}; wrote {len(written)} files to {out}")
-    return {"runs": df, "summary": summary, "target": how, "skipped": skipped, "dropped": dropped,
-            "written": written}
+    info(
+        f"{len(runs)} run(s), {len(summary)} configuration(s), {len(df)} rows; "
+        f"target accuracy {how['target']:.4f}; wrote {len(written)} files to {out}"
+    )
+    return {
+        "runs": df,
+        "summary": summary,
+        "target": how,
+        "skipped": skipped,
+        "dropped": dropped,
+        "written": written,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
