@@ -42,6 +42,7 @@ _PALETTE = [
     "#7f7f7f",
 ]
 _LINESTYLES = ["-", "--", "-.", ":"]
+MAX_NAMED_POINTS = 8  # the Pareto figure names every point up to this many configurations
 _MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*"]
 
 
@@ -297,13 +298,17 @@ def plot_pareto(summary, styles, out_dir) -> list[Path]:
                 linestyle="none",
                 zorder=4,
             )
+    # name the points in place (all of them when few, else the Pareto ones); coinciding points
+    # share one annotation instead of overprinting each other
+    named: dict[tuple, list] = {}
+    for (_, row), on in zip(summary.iterrows(), front):
+        if (len(summary) <= MAX_NAMED_POINTS or on) and pd.notna(row["mb_total"]) and row["mb_total"] > 0:
+            key = (round(math.log10(row["mb_total"]), 2), round(float(row["final_acc_mean"]), 3))
+            named.setdefault(key, [row["mb_total"], row["final_acc_mean"], []])[2].append(row["label"])
+    for x, y, labels in named.values():
+        text = "\n".join(labels[:3]) + (f"\n+{len(labels) - 3} more" if len(labels) > 3 else "")
         ax.annotate(
-            row["label"],
-            (row["mb_total"], row["final_acc_mean"]),
-            xytext=(6, -10),
-            textcoords="offset points",
-            fontsize=7,
-            color="0.2",
+            text, (x, y), xytext=(6, -10), textcoords="offset points", fontsize=7, color="0.2", va="top"
         )
     pts = summary[front].sort_values("mb_total")
     if len(pts):

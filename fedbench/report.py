@@ -387,7 +387,7 @@ def build_runs_table(runs: list[Run]) -> pd.DataFrame:
     for c in extra + [c for c in KEY_PARAMS if c in df.columns]:
         df[c] = _tidy_column(df[c])
     # display order: method, then the varying hyperparameters, then label
-    order = sorted(labels, key=lambda cid: _config_sort_key(runs, cid, vary))
+    order = sorted(labels, key=lambda cid: _config_sort_key(runs, cid, vary, varying_choices))
     rank = {cid: i for i, cid in enumerate(order)}
     df["_o"] = df["config_id"].map(rank)
     df = df.sort_values(["_o", "seed", "run_dir", "round"], kind="stable").drop(columns="_o")
@@ -410,10 +410,16 @@ def _selected_str(v) -> str:
     return "" if v is None or (isinstance(v, float) and math.isnan(v)) else str(v)
 
 
-def _config_sort_key(runs: list[Run], cid: str, vary: list[str]) -> tuple:
+def _config_sort_key(runs: list[Run], cid: str, vary: list[str], choices: list[str]) -> tuple:
+    """Display order: method, then the other differing choices, then differing values (as labelled)."""
     r = next(r for r in runs if r.identity["config_id"] == cid)
     flat = flatten(r.summary["config"])
-    return (str(r.identity["method"]), *(_sort_value(flat.get(k)) for k in vary), cid)
+    return (
+        str(r.identity["method"]),
+        *(str(r.identity.get(g, "")) for g in choices if g != "method"),
+        *(_sort_value(flat.get(k)) for k in vary),
+        cid,
+    )
 
 
 def default_target(summary_rows: pd.DataFrame, fraction: float) -> tuple[float, str]:
