@@ -1,0 +1,605 @@
+"""The vectorised engine: all clients selected in a round train together, as one batched model.
+
+The exact engine (:mod:`fedbench.fl.engine`) trains the round's K clients one after another,
+each with batch-16 matmuls; at that size kernel-launch and Python overhead cost more than the
+arithmetic. Here the K clients' trainable states are stacked into one ``[K, P]`` tensor (rows
+laid out like :class:`~fedbench.fl.state.FlatParams`) and each local step is taken by all of
+them at once: the frozen base multiplies all ``K x B`` rows in one matmul (it is shared, never
+copied), the stacked trainable tensors (LoRA factors, heads, trainable Linear weights) act with
+batched matmuls (``bmm``), and one AdamW updates ``[K, P]``.
+
+What stays the same as the exact engine: client selection, dropout and fault draws; the byte
+counts (each client's update is encoded and decoded on its own); validation and aggregation;
+evaluation; the row contract and ``state_dict`` (a checkpoint of one engine resumes in the
+other). Each client's batches are the exact engine's batches too: the shuffle seeds are drawn
+from torch's global RNG in the same order (client by client, epoch by epoch). What differs is
+float rounding (a matmul over 80 rows may block its sums differently than over 16, ``bmm``
+differently than ``mm``), so accuracies are close to, not equal to, the exact engine's; the
+README gives the measured distance on the tutorial.
+
+Clients of unequal size are handled by ordering them by number of local steps: at every step
+the clients still training are a prefix of the stack, and rows past a client's last batch of
+an epoch are padding with zero loss weight.
+
+Two step implementations:
+
+* :class:`BatchedMLPStep` -- hand-written forward/backward for the tutorial MLP (plain or
+  LoRA-wrapped bias-free Linear layers, Linear head), no autograd;
+* :class:`StackedModules` -- any model whose trainable parameters all live in ``nn.Linear`` or
+  ``LoRALinear`` modules and whose forward treats batch rows independently (the tutorial MLP,
+  the BERT-family encoders): those modules are swapped for stacked versions during training and
+  autograd computes every client's gradients from the sum of their losses.
+
+Anything else (e.g. prompt tokens, LayerNorm parameters) cannot be stacked this way and is
+refused before training with a :class:`~fedbench.config.ConfigError`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fedbench.config import ConfigError
+from fedbench.fl.comm import message_bytes
+from fedbench.fl.engine import Engine, check_update
+from fedbench.fl.local import evaluate, shuffled_order
+from fedbench.fl.state import FlatParams, Payload
+from fedbench.methods.lora import LoRALinear
+
+log = logging.getLogger("fedbench")
+aten = torch.ops.aten
+
+ENGINES = ("exact", "vectorized")
+
+
+# --------------------------------------------------------------------------------------------
+# The round's batches
+# --------------------------------------------------------------------------------------------
+@dataclass
+class StepBatch:
+    """One local step of the ``m`` clients still training: ``B`` rows each, client-major."""
+
+    m: int
+    B: int
+    x: torch.Tensor  # [m * B, ...]
+    y: torch.Tensor  # [m * B]
+    w: torch.Tensor | None  # [m * B, 1] loss weight per row (1/rows or 0 for padding); None: all 1/B
+
+
+class RoundPlan:
+    """Every local step of the round's clients, gathered up front.
+
+    ``clients`` are ``(x, y)`` of the selected clients in selection order. The shuffles are drawn
+    here, in the exact engine's order, so this must be built exactly when the exact engine would
+    train (after the downlink, before evaluation).
+    """
+
+    def __init__(self, clients: list[tuple[torch.Tensor, torch.Tensor]], epochs: int, batch_size: int) -> None:
+        sizes = [len(y) for _, y in clients]
+        orders = [[shuffled_order(n) for _ in range(epochs)] for n in sizes]  # the exact engine's draws
+        per_epoch = [-(-n // batch_size) for n in sizes]
+        steps = [e * epochs for e in per_epoch]
+        # Longest first (stable): the clients still training at any step are a prefix.
+        self.perm = sorted(range(len(clients)), key=lambda k: -steps[k])
+        self.steps = [steps[k] for k in self.perm]
+        self.batches_per_client = self.steps
+        K, T, bs = len(clients), max(steps), batch_size
+        offsets = np.cumsum([0] + [sizes[k] for k in self.perm])
+        pad_row = int(offsets[-1])  # index of an all-zero row appended to the data
+        idx = torch.full((T, K, bs), pad_row, dtype=torch.long)
+        rows = torch.zeros((T, K), dtype=torch.long)
+        for j, k in enumerate(self.perm):
+            n = sizes[k]
+            full = torch.full((per_epoch[k] * bs,), -1, dtype=torch.long)
+            for e in range(epochs):
+                full[:n] = orders[k][e] + int(offsets[j])
+                grid = full.view(per_epoch[k], bs)
+                t0 = e * per_epoch[k]
+                idx[t0:t0 + per_epoch[k], j] = torch.where(grid >= 0, grid, pad_row)
+                counts = torch.full((per_epoch[k],), bs, dtype=torch.long)
+                counts[-1] = n - (per_epoch[k] - 1) * bs
+                rows[t0:t0 + per_epoch[k], j] = counts
+        xs = [clients[k][0] for k in self.perm]
+        ys = [clients[k][1] for k in self.perm]
+        x_all = torch.cat([*xs, xs[0].new_zeros((1, *xs[0].shape[1:]))])
+        y_all = torch.cat([*ys, ys[0].new_zeros(1)])
+        X, Y = x_all[idx], y_all[idx]  # [T, K, bs, ...]
+        self.batches: list[StepBatch] = []
+        for t in range(T):
+            m = sum(1 for s in self.steps if s > t)
+            r = rows[t, :m]
+            B = int(r.max())
+            xt, yt = X[t, :m, :B], Y[t, :m, :B]
+            w = None
+            if bool((r != B).any()):
+                w = (torch.arange(B).unsqueeze(0) < r.unsqueeze(1)).float() / r.unsqueeze(1).float()
+                w = w.reshape(m * B, 1)
+            self.batches.append(StepBatch(m, B, xt.reshape(m * B, *xt.shape[2:]).contiguous(),
+                                          yt.reshape(m * B).contiguous(), w))
+
+
+def _nll_grad(logp: torch.Tensor, y: torch.Tensor, m: int, B: int, w: torch.Tensor | None):
+    """Per-client mean cross-entropy [m] and its gradient wrt the logits [m*B, C]."""
+    nll = -logp.gather(1, y.unsqueeze(1))  # [m*B, 1]
+    g = torch.zeros_like(logp)
+    if w is None:
+        loss = nll.view(m, B).sum(1).div_(B)
+        g.scatter_(1, y.unsqueeze(1), -1.0 / B)
+    else:
+        loss = (nll * w).view(m, B).sum(1)
+        g.scatter_(1, y.unsqueeze(1), -w)
+    g = torch._log_softmax_backward_data(g, logp, 1, logp.dtype)
+    return loss, g
+
+
+# --------------------------------------------------------------------------------------------
+# Stacked state and optimizer
+# --------------------------------------------------------------------------------------------
+class StackedState:
+    """K copies of a :class:`FlatParams` state, one contiguous ``[K, *shape]`` stack per tensor.
+
+    Stacks lie one after another in one buffer ``W`` ("parameter-major"), so one AdamW call
+    updates everything while every stack is contiguous (``bmm`` into a stack with a batch
+    stride of P, as a ``[K, P]`` layout would give, is several times slower). Names in
+    ``transposed`` (2-D tensors) are stored transposed: LoRA's ``A [in, r]`` as ``[r, in]`` makes
+    its products wide instead of 4 columns narrow. ``G`` (gradients) and the AdamW moments
+    have the same layout; :meth:`load` and :meth:`export` convert from and to payload layout.
+    """
+
+    def __init__(self, state: FlatParams, K: int, transposed: frozenset[str] = frozenset()) -> None:
+        self.state, self.K = state, K
+        self.transposed = frozenset(n for n in transposed if n in state.names)
+        self.shapes = {n: (tuple(reversed(s)) if n in self.transposed else s)
+                       for n, s in zip(state.names, state.shapes)}
+        self.bounds = {n: (K * lo, K * hi) for n, lo, hi in zip(state.names, state.offsets, state.offsets[1:])}
+        P = state.numel
+        self.W = torch.empty(K * P, dtype=state.flat.dtype)
+        self.G = torch.zeros_like(self.W)
+        self.exp_avg = torch.zeros_like(self.W)
+        self.exp_avg_sq = torch.zeros_like(self.W)
+        self._denom = torch.empty_like(self.W)
+        self._step_t = torch.zeros((), dtype=torch.float32)
+
+    def views(self, t: torch.Tensor, m: int | None = None) -> dict[str, torch.Tensor]:
+        """Name -> ``[m, *shape]`` stack (the first m clients) inside a buffer laid out like ``W``."""
+        m = self.K if m is None else m
+        out = {}
+        for n, (lo, hi) in self.bounds.items():
+            shape = self.shapes[n]
+            out[n] = t[lo:hi].view(self.K, *shape)[:m]
+        return out
+
+    def load(self, start: torch.Tensor) -> None:
+        """Every client starts from ``start`` (a flat vector in payload layout); fresh moments."""
+        src = self.state.views(start)
+        for n, v in self.views(self.W).items():
+            s = src[n].t() if n in self.transposed else src[n]
+            v.copy_(s.unsqueeze(0).expand_as(v))
+        self.exp_avg.zero_()
+        self.exp_avg_sq.zero_()
+
+    def export(self, k: int, out: torch.Tensor | None = None) -> torch.Tensor:
+        """Client k's tensors as one flat vector in payload layout."""
+        out = torch.empty(self.state.numel, dtype=self.W.dtype) if out is None else out
+        dst = self.state.views(out)
+        for n, v in self.views(self.W).items():
+            dst[n].copy_(v[k].t() if n in self.transposed else v[k])
+        return out
+
+    def step(self, m: int, t: int, opt, start: torch.Tensor | None = None, mu: float = 0.0,
+             fused: bool = True) -> None:
+        """AdamW step number t for the first m clients (plus FedProx's term if mu > 0).
+
+        ``fused``: torch's fused CPU AdamW kernel (one pass over memory instead of seven; rounds
+        slightly differently from the single-tensor AdamW the exact engine replays).
+        """
+        if m == self.K:
+            parts = [(self.W, self.G, self.exp_avg, self.exp_avg_sq, self._denom, None)]
+        else:  # the clients still training are a prefix of every stack
+            parts = []
+            for n, (lo, hi) in self.bounds.items():
+                sl = slice(lo, lo + m * ((hi - lo) // self.K))
+                parts.append((self.W[sl], self.G[sl], self.exp_avg[sl], self.exp_avg_sq[sl], self._denom[sl], n))
+        if mu > 0:
+            for p, g, *_, name in parts:
+                g.add_(p - self._start_stacked(start, name, p.numel()), alpha=mu)
+        if fused:
+            self._step_t.fill_(t)
+            torch._fused_adamw_([q[0] for q in parts], [q[1] for q in parts], [q[2] for q in parts],
+                                [q[3] for q in parts], [], [self._step_t] * len(parts), lr=opt.lr,
+                                beta1=opt.beta1, beta2=opt.beta2, weight_decay=opt.weight_decay,
+                                eps=opt.eps, amsgrad=False, maximize=False)
+            return
+        for p, g, ea, es, d, _ in parts:
+            adamw_step(p, g, ea, es, d, t, opt.lr, opt.beta1, opt.beta2, opt.eps, opt.weight_decay)
+
+    def _start_stacked(self, start: torch.Tensor, name: str | None, numel: int) -> torch.Tensor:
+        """``start`` broadcast to the stacked layout (cached per round for FedProx)."""
+        if getattr(self, "_start_key", None) is not start:
+            buf = torch.empty_like(self.W)
+            src = self.state.views(start)
+            for n, v in self.views(buf).items():
+                s = src[n].t() if n in self.transposed else src[n]
+                v.copy_(s.unsqueeze(0).expand_as(v))
+            self._start_key, self._start_buf = start, buf
+        if name is None:
+            return self._start_buf
+        lo, _ = self.bounds[name]
+        return self._start_buf[lo:lo + numel]
+
+
+def adamw_step(p, g, exp_avg, exp_avg_sq, denom, step: int, lr: float, beta1: float, beta2: float,
+               eps: float, weight_decay: float) -> None:
+    """torch's single-tensor AdamW (as :class:`fedbench.fl.optim.FlatAdamW`), on rows [m, P]."""
+    if weight_decay != 0:
+        p.mul_(1 - lr * weight_decay)
+    exp_avg.lerp_(g, 1 - beta1)
+    exp_avg_sq.mul_(beta2).addcmul_(g, g, value=1 - beta2)
+    bias_correction1 = 1 - beta1**step
+    bias_correction2 = 1 - beta2**step
+    step_size = lr / bias_correction1
+    torch.sqrt(exp_avg_sq, out=denom).div_(bias_correction2**0.5).add_(eps)
+    p.addcdiv_(exp_avg, denom, value=-step_size)
+
+
+# --------------------------------------------------------------------------------------------
+# Hand-written batched step for the tutorial MLP
+# --------------------------------------------------------------------------------------------
+class _BLayer:
+    __slots__ = ("W", "Wt", "w_name", "lora", "a_name", "b_name", "scale")
+
+
+class BatchedMLPStep:
+    """Forward + backward of K stacked tutorial MLPs sharing one frozen base, no autograd.
+
+    Frozen Linear weights multiply all ``m*B`` rows at once with ``mm``; trainable ones (LoRA
+    factors, the head, Linear weights under full fine-tuning) are ``[m, ...]`` stacks used with
+    ``bmm``. Covers what :class:`~fedbench.models.tutorial_mlp_fast.TutorialMLPStep` covers.
+    """
+
+    def __init__(self, layers: list[_BLayer], head_w: str, head_b: str, lowest: int) -> None:
+        self.layers, self.head_w, self.head_b, self.lowest = layers, head_w, head_b, lowest
+
+    @classmethod
+    def build(cls, model: nn.Module, state: FlatParams) -> BatchedMLPStep | None:
+        from fedbench.models.tutorial_mlp import TutorialMLPModule
+
+        if type(model) is not TutorialMLPModule or type(model.head) is not nn.Linear or model.head.bias is None:
+            return None
+        names = set(state.names)
+        if not {"head.weight", "head.bias"} <= names:
+            return None
+        used = {"head.weight", "head.bias"}
+        layers = []
+        for i, mod in enumerate(model.layers):
+            L = _BLayer()
+            if isinstance(mod, LoRALinear):
+                base, prefix = mod.base, f"layers.{i}.base."
+                L.lora, L.scale = True, mod.scale
+                L.a_name, L.b_name = f"layers.{i}.lora_A", f"layers.{i}.lora_B"
+                if L.a_name not in names or L.b_name not in names:
+                    return None
+                used.update((L.a_name, L.b_name))
+            elif type(mod) is nn.Linear:
+                base, prefix = mod, f"layers.{i}."
+                L.lora = False
+            else:
+                return None
+            if type(base) is not nn.Linear or base.bias is not None:
+                return None
+            L.W, L.Wt = base.weight, base.weight.t()
+            L.w_name = prefix + "weight" if prefix + "weight" in names else None
+            if L.w_name:
+                used.add(L.w_name)
+            layers.append(L)
+        if used != names:
+            return None
+        trains = [i for i, L in enumerate(layers) if L.lora or L.w_name]
+        return cls(layers, "head.weight", "head.bias", min(trains) if trains else len(layers))
+
+    def transposed(self) -> frozenset[str]:
+        """The LoRA ``A`` factors, which this step wants stored as ``[r, in]``."""
+        return frozenset(L.a_name for L in self.layers if L.lora)
+
+    def __call__(self, P: dict[str, torch.Tensor], G: dict[str, torch.Tensor], b: StepBatch) -> torch.Tensor:
+        """Loss per client [m]; writes the gradients into the ``[m, ...]`` stacks ``G``.
+
+        ``P``/``G`` come from a :class:`StackedState` built with :meth:`transposed`: LoRA's A
+        is ``At [m, r, in]``; ``xaT = At h^T`` is kept as ``[m, r, B]`` (wide products only).
+        """
+        m, B = b.m, b.B
+        h = b.x
+        inputs, mids = [], []
+        for L in self.layers:
+            inputs.append(h)
+            h3 = h.view(m, B, -1)
+            if L.w_name:
+                z = torch.bmm(h3, P[L.w_name].transpose(1, 2)).view(m * B, -1)
+            else:
+                z = h.mm(L.Wt)
+            if L.lora:
+                xaT = torch.bmm(P[L.a_name], h3.transpose(1, 2))  # [m, r, B]
+                mids.append(xaT)
+                z.view(m, B, -1).baddbmm_(xaT.transpose(1, 2), P[L.b_name], alpha=L.scale)
+            else:
+                mids.append(None)
+            h = z.relu_()
+        hw, hb = P[self.head_w], P[self.head_b]
+        h3 = h.view(m, B, -1)
+        logits = torch.baddbmm(hb.unsqueeze(1), h3, hw.transpose(1, 2))
+        C = logits.shape[-1]
+        logp = torch._log_softmax(logits.view(m * B, C), 1, False)
+        loss, g = _nll_grad(logp, b.y, m, B, b.w)
+        g3 = g.view(m, B, C)
+        torch.sum(g3, 1, out=G[self.head_b])
+        torch.bmm(g3.transpose(1, 2), h3, out=G[self.head_w])
+        if self.lowest == len(self.layers):
+            return loss
+        gh = torch.bmm(g3, hw).view(m * B, -1)
+        out = h
+        for i in range(len(self.layers) - 1, self.lowest - 1, -1):
+            L = self.layers[i]
+            gz = aten.threshold_backward(gh, out, 0)
+            h_in = inputs[i]
+            gz3, hin3 = gz.view(m, B, -1), h_in.view(m, B, -1)
+            gxaT = None
+            if L.lora:
+                gxaT = torch.bmm(P[L.b_name], gz3.transpose(1, 2)).mul_(L.scale)  # [m, r, B]
+                G[L.b_name].baddbmm_(mids[i], gz3, beta=0, alpha=L.scale)
+                torch.bmm(gxaT, hin3, out=G[L.a_name])
+            if L.w_name:
+                torch.bmm(gz3.transpose(1, 2), hin3, out=G[L.w_name])
+            if i > self.lowest:
+                if L.w_name:
+                    gh = torch.bmm(gz3, P[L.w_name]).view(m * B, -1)
+                else:
+                    gh = gz.mm(L.W)
+                if gxaT is not None:
+                    gh.view(m, B, -1).baddbmm_(gxaT.transpose(1, 2), P[L.a_name])
+            out = h_in
+        return loss
+
+
+# --------------------------------------------------------------------------------------------
+# Generic: stacked modules + autograd
+# --------------------------------------------------------------------------------------------
+class _StackedLinear(nn.Module):
+    """Stands in for an ``nn.Linear`` whose weight (and bias) train: one per client, ``bmm``."""
+
+    def __init__(self, orig: nn.Linear, weight: torch.Tensor, bias: torch.Tensor | None, owner: StackedModules):
+        super().__init__()
+        self.orig = [orig]  # not a submodule: keep the model's parameter list unchanged
+        self.weight_st, self.bias_st, self.owner = weight, bias, [owner]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        m = self.owner[0].m
+        w = self.weight_st[:m]
+        xs = x.reshape(m, -1, x.shape[-1])
+        if self.bias_st is not None:
+            out = torch.baddbmm(self.bias_st[:m].unsqueeze(1), xs, w.transpose(1, 2))
+        else:
+            out = torch.bmm(xs, w.transpose(1, 2))
+        return out.reshape(*x.shape[:-1], out.shape[-1])
+
+
+class _StackedLoRA(nn.Module):
+    """Stands in for a ``LoRALinear``: shared frozen base over all rows, stacked A and B."""
+
+    def __init__(self, orig: LoRALinear, A: torch.Tensor, Bm: torch.Tensor, owner: StackedModules):
+        super().__init__()
+        self.orig = [orig]
+        self.A, self.Bm, self.owner = A, Bm, [owner]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        orig, m = self.orig[0], self.owner[0].m
+        base = F.linear(x, orig.base.weight, orig.base.bias)
+        xs = x.reshape(m, -1, x.shape[-1])
+        lora = torch.bmm(torch.bmm(xs, self.A[:m]), self.Bm[:m]) * orig.scale
+        return base + lora.reshape(base.shape)
+
+
+class StackedModules:
+    """Swap each trainable module for a stacked stand-in while the round's clients train.
+
+    The stand-ins' tensors are leaves whose data are views of ``W [K, P]`` and whose ``.grad``
+    are views of ``G``, so ``sum(losses).backward()`` writes every client's gradient in place.
+    """
+
+    def __init__(self, model: nn.Module, state: FlatParams, stacked: StackedState) -> None:
+        self.model, self.m = model, stacked.K
+        names = set(state.names)
+        Wv, Gv = stacked.views(stacked.W), stacked.views(stacked.G)
+
+        def leaf(name):
+            t = torch.empty(0)
+            t.data = Wv[name]
+            t.requires_grad_(True)
+            t.grad = Gv[name]
+            return t
+
+        self.swaps: list[tuple[nn.Module, str, nn.Module, nn.Module]] = []
+        covered: set[str] = set()
+        for mod_name, mod in model.named_modules():
+            pnames = [f"{mod_name}.{n}" if mod_name else n for n, _ in mod.named_parameters(recurse=False)]
+            if isinstance(mod, LoRALinear):
+                a, b = f"{mod_name}.lora_A", f"{mod_name}.lora_B"
+                if a in names and b in names:
+                    stand_in = _StackedLoRA(mod, leaf(a), leaf(b), self)
+                    covered.update((a, b))
+                else:
+                    continue
+            elif type(mod) is nn.Linear and any(p in names for p in pnames):
+                w, bias = f"{mod_name}.weight", f"{mod_name}.bias"
+                if w not in names or (mod.bias is not None and bias not in names):
+                    continue  # partly trainable Linear: reported below as not stackable
+                stand_in = _StackedLinear(mod, leaf(w), leaf(bias) if mod.bias is not None else None, self)
+                covered.update(p for p in (w, bias) if p in names)
+            else:
+                continue
+            parent_name, _, child = mod_name.rpartition(".")
+            parent = model.get_submodule(parent_name) if parent_name else model
+            self.swaps.append((parent, child, mod, stand_in))
+        self.missing = sorted(names - covered)
+
+    @contextlib.contextmanager
+    def installed(self):
+        for parent, child, _, stand_in in self.swaps:
+            setattr(parent, child, stand_in)
+        try:
+            yield
+        finally:
+            for parent, child, orig, _ in self.swaps:
+                setattr(parent, child, orig)
+
+    def __call__(self, P, G, b: StepBatch) -> torch.Tensor:
+        self.m = b.m
+        with torch.enable_grad():
+            logits = self.model(b.x)
+            logp = F.log_softmax(logits.float(), dim=-1)
+            nll = -logp.gather(1, b.y.unsqueeze(1))
+            if b.w is None:
+                loss = nll.view(b.m, b.B).mean(1)
+            else:
+                loss = (nll * b.w).view(b.m, b.B).sum(1)
+            loss.sum().backward()
+        return loss.detach()
+
+
+def why_not_stackable(model: nn.Module, state: FlatParams) -> str | None:
+    """None if the vectorised engine can train this model/method, else the reason."""
+    probe = StackedState(state, 1)
+    missing = StackedModules(model, state, probe).missing
+    if missing:
+        return (f"cannot stack trainable parameters {missing[:3]}{'...' if len(missing) > 3 else ''} "
+                "(only nn.Linear and LoRALinear modules are stacked); use fl.engine=exact")
+    return None
+
+
+# --------------------------------------------------------------------------------------------
+# The engine
+# --------------------------------------------------------------------------------------------
+class VectorizedEngine(Engine):
+    """Same interface and row contract as :class:`~fedbench.fl.engine.Engine`; trains the round's
+    clients at once. ``fl.fast_step`` picks the hand-written batched step where the model has one."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.step = None  # the exact engine's per-client step is not used here
+        reason = why_not_stackable(self.model, self.state)
+        if reason is not None:
+            raise ConfigError("fl.engine", reason, "vectorized")
+        self._stacked: StackedState | None = None
+        self._mlp_step = BatchedMLPStep.build(self.model, self.state) if self.fl.fast_step else None
+        self.fused_adamw = True
+
+    def _stack(self, K: int) -> StackedState:
+        if self._stacked is None or self._stacked.K != K:
+            transposed = self._mlp_step.transposed() if self._mlp_step is not None else frozenset()
+            self._stacked = StackedState(self.state, K, transposed)
+        return self._stacked
+
+    def train_selected(self, clients: list[tuple[torch.Tensor, torch.Tensor]], start_flat: torch.Tensor,
+                       mu: float = 0.0) -> tuple[list[torch.Tensor], list[float]]:
+        """Train the clients from ``start_flat``: (their final flat states, their mean batch losses),
+        in the given order."""
+        fl = self.fl
+        plan = RoundPlan(clients, fl.local_epochs, fl.batch_size)
+        K = len(clients)
+        st = self._stack(K)
+        st.load(start_flat)
+        full_P, full_G = st.views(st.W), st.views(st.G)
+        loss_sum = torch.zeros(K, dtype=torch.float64)
+        self.model.train()
+        generic = None if self._mlp_step is not None else StackedModules(self.model, self.state, st)
+        ctx = generic.installed() if generic is not None else contextlib.nullcontext()
+        with torch.no_grad(), ctx:
+            for t, b in enumerate(plan.batches):
+                m = b.m
+                if m == K:
+                    P, G = full_P, full_G
+                else:
+                    P, G = st.views(st.W, m), st.views(st.G, m)
+                if generic is not None:
+                    st.G.zero_()
+                    loss = generic(P, G, b)
+                else:
+                    loss = self._mlp_step(P, G, b)
+                st.step(m, t + 1, self.opt, start_flat, mu, fused=self.fused_adamw)
+                loss_sum[:m] += loss
+        means = (loss_sum / torch.tensor(plan.steps, dtype=torch.float64)).tolist()
+        finals, losses = [None] * K, [0.0] * K
+        for j, k in enumerate(plan.perm):
+            finals[k] = st.export(j)
+            losses[k] = means[j]
+        return finals, losses
+
+    def run_round(self) -> dict:
+        t0 = time.perf_counter()
+        rnd = self.round + 1
+        selected = self.select_clients()
+        drops = self.dropout_rng.random_sample(len(selected)) < self.fl.dropout if self.fl.dropout > 0 else None
+        down_message = self.codec_down.encode(self.global_payload, key="server")
+        bytes_down = message_bytes(down_message) * len(selected)
+        start = self.codec_down.decode(down_message, key="server")
+        self.state.load(start)
+        start_flat = self.state.flat.clone()
+        mu = float(getattr(self.strategy, "proximal_mu", 0.0) or 0.0)
+
+        clients = [self.data.clients[cid] for cid in selected]
+        finals, losses = self.train_selected(clients, start_flat, mu)
+
+        updates: list[tuple[int, Payload]] = []
+        bytes_up, loss_sum, sample_sum, reported, rejected, nonfinite = 0, 0.0, 0, 0, 0, 0
+        for i, cid in enumerate(selected):
+            n = len(clients[i][1])
+            if drops is not None and drops[i]:
+                continue
+            payload = self.state.views(finals[i])
+            if self.codec_up.delta:
+                payload = {k: v - start[k] for k, v in payload.items()}
+            up_message = self.codec_up.encode(payload, key=cid)
+            bytes_up += message_bytes(up_message)
+            reported += 1
+            update = self.codec_up.decode(up_message, key=cid)
+            if self.codec_up.delta:
+                update = {k: start[k] + v if k in start and v.shape == start[k].shape else v
+                          for k, v in update.items()}
+            update = self.faults.apply(update, cid, rnd)
+            reason = check_update(update, self.global_payload)
+            if reason is not None:
+                rejected += 1
+                nonfinite += "non-finite" in reason
+                log.warning("round %d: rejected the update of client %d: %s", rnd, cid, reason)
+                continue
+            updates.append((n, update))
+            loss_sum += losses[i] * n
+            sample_sum += n
+
+        all_nonfinite = reported > 0 and nonfinite == reported
+        if updates:
+            self.global_payload = self.strategy.aggregate(self.global_payload, updates)
+        self.state.load(self.global_payload)
+        accuracy, test_loss = evaluate(self.model, *self.data.test, batch_size=self.fl.eval_batch_size)
+        self.round = rnd
+        return {
+            "round": rnd,
+            "accuracy": accuracy,
+            "test_loss": test_loss,
+            "train_loss": loss_sum / sample_sum if sample_sum else float("nan"),
+            "bytes_up": bytes_up,
+            "bytes_down": bytes_down,
+            "clients": len(selected),
+            "reported": reported,
+            "rejected": rejected,
+            "selected": " ".join(map(str, selected)),
+            "trainable_params": self.state.numel,
+            "wall_s": time.perf_counter() - t0,
+            "_all_nonfinite": all_nonfinite,
+        }
