@@ -253,7 +253,7 @@ def adamw_step(p, g, exp_avg, exp_avg_sq, denom, step: int, lr: float, beta1: fl
 # Hand-written batched step for the tutorial MLP
 # --------------------------------------------------------------------------------------------
 class _BLayer:
-    __slots__ = ("W", "Wt", "w_name", "lora", "a_name", "b_name", "scale")
+    __slots__ = ("base", "W", "Wt", "w_name", "lora", "a_name", "b_name", "scale")
 
 
 class BatchedMLPStep:
@@ -269,16 +269,20 @@ class BatchedMLPStep:
 
     @classmethod
     def build(cls, model: nn.Module, state: FlatParams) -> BatchedMLPStep | None:
+        from fedbench.fl.feature_cache import HeadModel
         from fedbench.models.tutorial_mlp import TutorialMLPModule
 
-        if type(model) is not TutorialMLPModule or type(model.head) is not nn.Linear or model.head.bias is None:
+        if type(model) not in (TutorialMLPModule, HeadModel) or getattr(model, "head_name", "head") != "head":
             return None
+        if type(model.head) is not nn.Linear or model.head.bias is None:
+            return None
+        model_layers = model.layers if type(model) is TutorialMLPModule else []
         names = set(state.names)
         if not {"head.weight", "head.bias"} <= names:
             return None
         used = {"head.weight", "head.bias"}
         layers = []
-        for i, mod in enumerate(model.layers):
+        for i, mod in enumerate(model_layers):
             L = _BLayer()
             if isinstance(mod, LoRALinear):
                 base, prefix = mod.base, f"layers.{i}.base."
@@ -294,6 +298,7 @@ class BatchedMLPStep:
                 return None
             if type(base) is not nn.Linear or base.bias is not None:
                 return None
+            L.base = base
             L.W, L.Wt = base.weight, base.weight.t()
             L.w_name = prefix + "weight" if prefix + "weight" in names else None
             if L.w_name:
@@ -303,6 +308,12 @@ class BatchedMLPStep:
             return None
         trains = [i for i, L in enumerate(layers) if L.lora or L.w_name]
         return cls(layers, "head.weight", "head.bias", min(trains) if trains else len(layers))
+
+    def refresh(self) -> None:
+        """Re-read the frozen weights (a method's server protocol may merge into them)."""
+        for L in self.layers:
+            L.W = L.base.weight
+            L.Wt = L.W.t()
 
     def transposed(self) -> frozenset[str]:
         """The LoRA ``A`` factors, which this step wants stored as ``[r, in]``."""
@@ -517,6 +528,8 @@ class VectorizedEngine(Engine):
         full_P, full_G = st.views(st.W), st.views(st.G)
         loss_sum = torch.zeros(K, dtype=torch.float64)
         self.model.train()
+        if self._mlp_step is not None:
+            self._mlp_step.refresh()
         generic = None if self._mlp_step is not None else StackedModules(self.model, self.state, st)
         ctx = generic.installed() if generic is not None else contextlib.nullcontext()
         with torch.no_grad(), ctx:
@@ -545,9 +558,13 @@ class VectorizedEngine(Engine):
         rnd = self.round + 1
         selected = self.select_clients()
         drops = self.dropout_rng.random_sample(len(selected)) < self.fl.dropout if self.fl.dropout > 0 else None
-        down_message = self.codec_down.encode(self.global_payload, key="server")
-        bytes_down = message_bytes(down_message) * len(selected)
-        start = self.codec_down.decode(down_message, key="server")
+        protocol = getattr(self, "protocol", None)  # a method's server protocol (see Engine)
+        if protocol is None:
+            down_message = self.codec_down.encode(self.global_payload, key="server")
+            bytes_down = message_bytes(down_message) * len(selected)
+            start = self.codec_down.decode(down_message, key="server")
+        else:
+            start, bytes_down = protocol.downlink(self.global_payload, self.codec_down, selected, rnd)
         self.state.load(start)
         start_flat = self.state.flat.clone()
         mu = float(getattr(self.strategy, "proximal_mu", 0.0) or 0.0)
@@ -583,7 +600,10 @@ class VectorizedEngine(Engine):
             sample_sum += n
 
         all_nonfinite = reported > 0 and nonfinite == reported
-        if updates:
+        if updates and protocol is not None:
+            self.global_payload = protocol.aggregate(self.global_payload, updates, self.strategy,
+                                                     self.codec_down, rnd)
+        elif updates:
             self.global_payload = self.strategy.aggregate(self.global_payload, updates)
         self.state.load(self.global_payload)
         accuracy, test_loss = evaluate(self.model, *self.data.test, batch_size=self.fl.eval_batch_size)
@@ -603,3 +623,31 @@ class VectorizedEngine(Engine):
             "wall_s": time.perf_counter() - t0,
             "_all_nonfinite": all_nonfinite,
         }
+
+
+# --------------------------------------------------------------------------------------------
+# Choosing the engine
+# --------------------------------------------------------------------------------------------
+def make_engine(spec, model: nn.Module, state: FlatParams, data, faults=None) -> Engine:
+    """The run's engine: ``fl.engine`` (``exact``, the default, or ``vectorized``), with the
+    backbone's features cached when ``fl.feature_cache`` (default true) and the method allows
+    it (see :mod:`fedbench.fl.feature_cache`)."""
+    from fedbench.fl.faults import FaultPlan
+    from fedbench.fl.feature_cache import cache_features, why_not_cacheable
+
+    fl = spec.fl
+    kind = getattr(fl, "engine", "exact")
+    if kind not in ENGINES:
+        raise ConfigError("fl.engine", f"must be one of: {', '.join(ENGINES)}", kind)
+    if getattr(fl, "feature_cache", True):
+        reason = why_not_cacheable(model, state)
+        if reason is None:
+            model, data = cache_features(model, data, chunk=fl.eval_batch_size)
+            log.info("only the head trains: backbone features are computed once per row and cached")
+        elif all(n.startswith(getattr(model, "head_name", "head") + ".") for n in state.names):
+            log.info("only the head trains, but its features are not cached: %s", reason)
+    cls = VectorizedEngine if kind == "vectorized" else Engine
+    extra = {"method": spec.method} if "method" in getattr(Engine, "__dataclass_fields__", {}) else {}
+    return cls(model=model, state=state, data=data, fl=fl, strategy=spec.strategy,
+               codec_up=spec.compression_up, codec_down=spec.compression_down,
+               faults=faults if faults is not None else FaultPlan.from_config(fl.faults), **extra)
