@@ -232,10 +232,10 @@ def identity(summary: dict) -> dict:
         ident[g] = choices.get(g) or _cls(config.get(g)) or ""
     comp = config.get("compression") or {}
     ident["compression"] = choices.get("compression") or ""
-    ident["compression_up"] = _codec(comp.get("up")) or ""
-    ident["compression_down"] = _codec(comp.get("down")) or ""
+    for side in ("up", "down"):  # the option chosen per direction, else the codec's class
+        ident[f"compression_{side}"] = choices.get(f"compression/{side}") or _codec(comp.get(side)) or ""
     for g, opt in sorted(choices.items()):  # other groups (experiment, arm, ...) as columns too
-        if g not in GROUPS and g != "compression" and opt is not None:
+        if g not in GROUPS and g.split("/")[0] != "compression" and opt is not None:
             ident[_choice_col(g)] = opt
     for col, key in KEY_PARAMS.items():
         if key in flat:
@@ -317,12 +317,19 @@ def varying_keys(runs: list[Run]) -> list[str]:
 def _label(ident: dict, flat: dict, vary: list[str], varying_choices: list[str]) -> str:
     parts = [str(ident["method"])]
     for g in varying_choices:
-        if g != "method" and ident.get(g):
+        if g in ("compression_up", "compression_down"):
+            if ident.get(g) and ident[g] != ident.get("compression"):  # "fp16" says it already
+                parts.append(f"{g.removeprefix('compression_')}={ident[g]}")
+        elif g != "method" and ident.get(g):
             parts.append(str(ident[g]))
     for k in vary:
-        if k.startswith("compression.") or k not in flat:
+        if k not in flat:
             continue
-        name = _SHORT.get(k, k.rsplit(".", 1)[-1])
+        name = (
+            k.removeprefix("compression.")
+            if k.startswith("compression.")
+            else _SHORT.get(k, k.rsplit(".", 1)[-1])
+        )
         v = flat[k]
         if isinstance(v, float) and v.is_integer() and abs(v) < 1e15:
             v = f"{v:g}"
@@ -335,9 +342,15 @@ def build_runs_table(runs: list[Run]) -> pd.DataFrame:
     vary = varying_keys(runs)
     choice_cols = [*GROUPS, "compression"]
     varying_choices = [g for g in choice_cols if len({r.identity.get(g) for r in runs}) > 1]
-    # a varying codec without a differing choice name (compression.up=... overrides) is shown too
+    # a direction's codec is shown where the compression option does not already tell it
+    # (e.g. compression=topk with compression/down=int8 next to plain compression=topk)
     for side in ("compression_up", "compression_down"):
-        if len({r.identity.get(side) for r in runs}) > 1 and "compression" not in varying_choices:
+        per_choice: dict = {}
+        for r in runs:
+            per_choice.setdefault(r.identity.get("compression"), set()).add(r.identity.get(side))
+        if any(len(v) > 1 for v in per_choice.values()) or (
+            "compression" not in varying_choices and len({r.identity.get(side) for r in runs}) > 1
+        ):
             varying_choices.append(side)
     labels = {}
     for r in runs:
@@ -366,7 +379,7 @@ def build_runs_table(runs: list[Run]) -> pd.DataFrame:
     }
     id_cols += sorted({k for r in runs for k in r.identity if k not in known})
     id_cols += [c for c in KEY_PARAMS if any(c in r.identity for r in runs)]
-    extra = [k for k in vary if k not in KEY_PARAMS.values() and not k.startswith("compression.")]
+    extra = [k for k in vary if k not in KEY_PARAMS.values()]
     id_cols += extra + ["seed", "threads", "config_hash", "config_id", "label"]
     frames = []
     for r in runs:

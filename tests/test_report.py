@@ -360,3 +360,50 @@ def test_notebook_executes_on_a_report(reported):
     assert f"{out}: {len(METHODS) * len(SEEDS)} runs, {len(METHODS)} configurations" in text
     assert sum("image/png" in o.get("data", {}) for o in outputs) == len(FIGURES)
     assert any("MB to target" in o.get("data", {}).get("text/markdown", "") for o in outputs)
+
+
+def test_labels_name_what_differs_between_configurations(sweep):
+    """Labels: the method, then options and values that differ (rank only where it exists)."""
+    path = next(p for p in sorted(sweep.iterdir()) if p.is_dir() and "method=lora" in p.name)
+    base = json.loads((path / "summary.json").read_text())
+    metrics = pd.read_parquet(path / "metrics.parquet")
+
+    def variant(method=None, rank=None, codec=None, down=None):
+        s = json.loads(json.dumps(base))
+        cfg, ch = s["config"], s["choices"]
+        for side in ("up", "down"):  # one option per direction, as conf/compression/ composes them
+            ch.setdefault(f"compression/{side}", ch["compression"])
+        if method == "full":
+            cfg["method"] = {"_target_": "fedbench.methods.full.Full"}
+            ch["method"] = "full"
+        if rank is not None:
+            cfg["method"]["rank"] = rank
+        if codec is not None:
+            cfg["compression"] = {side: {"_target_": f"fedbench.fl.comm.{codec}"} for side in ("up", "down")}
+            ch["compression"] = ch["compression/up"] = ch["compression/down"] = codec.lower()
+        if down is not None:
+            cfg["compression"]["down"] = {"_target_": "fedbench.fl.comm.Int8", "granularity": "tensor"}
+            ch["compression/down"] = down
+        s["config_hash"] = rep.config_hash(cfg)
+        run = rep.Run(path=path, summary=s, metrics=metrics)
+        run.identity = rep.identity(s)
+        return run
+
+    runs = [
+        variant(),
+        variant(rank=16),
+        variant(codec="Fp16"),
+        variant(method="full"),
+        variant(codec="Fp16", down="int8"),
+    ]
+    # distinct folders for the table
+    for i, r in enumerate(runs):
+        r.path = path.parent / f"virtual{i}"
+    labels = rep.build_runs_table(runs).drop_duplicates("config_id")["label"].tolist()
+    assert labels == [
+        "full none",
+        "lora fp16 r=4",
+        "lora fp16 down=int8 r=4",
+        "lora none r=4",
+        "lora none r=16",
+    ]
