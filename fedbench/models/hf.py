@@ -164,8 +164,16 @@ class HFEncoder(TransformerModel):
             config.hidden_dropout_prob = self.dropout
             config.attention_probs_dropout_prob = self.dropout
         config._attn_implementation = self.attn_implementation
-        backbone = AutoModel.from_pretrained(folder, config=config, local_files_only=True,
-                                             add_pooling_layer=False, attn_implementation=self.attn_implementation)
+        from transformers.utils import logging as hf_logging
+
+        verbosity = hf_logging.get_verbosity()
+        hf_logging.set_verbosity_error()  # not a problem: the checkpoint's unused pooler is left out
+        try:
+            backbone = AutoModel.from_pretrained(folder, config=config, local_files_only=True,
+                                                 add_pooling_layer=False,
+                                                 attn_implementation=self.attn_implementation)
+        finally:
+            hf_logging.set_verbosity(verbosity)
         return EncoderClassifier(backbone, self.num_classes, config.pad_token_id or 0, self.pooling)
 
 
