@@ -1,0 +1,169 @@
+"""Save a fedbench-trained LoRA on a Hugging Face encoder in PEFT's format.
+
+``python -m fedbench.peft_export RUN_DIR OUT_DIR`` rebuilds the run's model from its
+``summary.json`` config, loads the global trainable state of its last checkpoint and writes:
+
+- ``adapter_config.json`` + ``adapter_model.safetensors``: a PEFT LoRA adapter for the backbone
+  (``transformers.AutoModel`` of ``base_model_name_or_path``), loadable with
+  ``peft.PeftModel.from_pretrained(AutoModel.from_pretrained(base), OUT_DIR)``. fedbench's
+  factors are ``A``: in x r and ``B``: r x out with output ``W x + x A B * alpha / r``; PEFT stores
+  ``lora_A.weight`` = A^T (r x in) and ``lora_B.weight`` = B^T (out x r) with scaling
+  ``lora_alpha / r``: the same function.
+- ``head.safetensors`` (``weight``, ``bias``) + ``fedbench_head.json``: the classification head and
+  how features reach it (pooling over ``input_ids != pad_id``), which PEFT's adapter does not hold.
+- ``base_model/``: only for a randomly initialised backbone (``tiny_bert``), whose weights exist
+  nowhere else: the backbone saved with ``save_pretrained``.
+
+Logits = head(pool(peft_model(input_ids, attention_mask).last_hidden_state)).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+from torch import nn
+
+from fedbench.methods.lora import LoRALinear
+
+ADAPTER_CONFIG = "adapter_config.json"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+HEAD_WEIGHTS = "head.safetensors"
+HEAD_CONFIG = "fedbench_head.json"
+
+
+def lora_modules(model: nn.Module) -> dict[str, LoRALinear]:
+    """Backbone-relative module name -> LoRA wrapper (the names PEFT sees on the backbone)."""
+    backbone = model.backbone
+    return {name: m for name, m in backbone.named_modules() if isinstance(m, LoRALinear)}
+
+
+def export_lora(model: nn.Module, out_dir: str | Path, base_model_name_or_path: str | None = None,
+                save_base: bool = False) -> Path:
+    """Write ``model``'s LoRA factors (and head) in PEFT's format; return ``out_dir``."""
+    mods = lora_modules(model)
+    if not mods:
+        raise ValueError("the model holds no LoRA modules (was it trained with method=lora?)")
+    ranks = {m.lora_A.shape[1] for m in mods.values()}
+    scales = {m.scale for m in mods.values()}
+    if len(ranks) != 1 or len(scales) != 1:
+        raise ValueError(f"mixed LoRA ranks/scales {ranks}/{scales}: PEFT's config holds one of each")
+    rank, scale = ranks.pop(), scales.pop()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if save_base:
+        base = _plain_backbone(model)
+        base.save_pretrained(out / "base_model", safe_serialization=True)
+        base_model_name_or_path = str((out / "base_model").resolve())
+    tensors = {}
+    for name, m in mods.items():
+        key = f"base_model.model.{name}"
+        tensors[f"{key}.lora_A.weight"] = m.lora_A.detach().t().contiguous().clone()
+        tensors[f"{key}.lora_B.weight"] = m.lora_B.detach().t().contiguous().clone()
+    save_file(tensors, str(out / ADAPTER_WEIGHTS), metadata={"format": "pt"})
+    config = {
+        "peft_type": "LORA",
+        "task_type": "FEATURE_EXTRACTION",
+        "base_model_name_or_path": base_model_name_or_path,
+        "r": rank,
+        "lora_alpha": scale * rank,
+        "lora_dropout": 0.0,
+        "target_modules": sorted(mods),
+        "bias": "none",
+        "fan_in_fan_out": False,
+        "modules_to_save": None,
+        "init_lora_weights": True,
+        "use_rslora": False,
+        "use_dora": False,
+        "inference_mode": True,
+        "layers_to_transform": None,
+        "layers_pattern": None,
+        "rank_pattern": {},
+        "alpha_pattern": {},
+        "revision": None,
+    }
+    (out / ADAPTER_CONFIG).write_text(json.dumps(config, indent=2) + "\n")
+    head = model.head
+    save_file({"weight": head.weight.detach().contiguous().clone(), "bias": head.bias.detach().contiguous().clone()},
+              str(out / HEAD_WEIGHTS))
+    (out / HEAD_CONFIG).write_text(json.dumps({
+        "pooling": model.pooling, "pad_id": model.pad_id, "num_classes": model.num_classes,
+        "hidden_size": model.hidden_size,
+        "usage": "logits = head(pool(peft_model(input_ids, attention_mask=(input_ids != pad_id)).last_hidden_state)); "
+                 "pool = mean over real tokens (pooling=mean) or the first token (pooling=cls)",
+    }, indent=2) + "\n")
+    return out
+
+
+def _plain_backbone(model: nn.Module) -> nn.Module:
+    """A copy of the backbone with every LoRA wrapper replaced by its frozen base Linear."""
+    import copy
+
+    backbone = copy.deepcopy(model.backbone)
+    for name, m in list(backbone.named_modules()):
+        if isinstance(m, LoRALinear):
+            parent_name, _, child = name.rpartition(".")
+            parent = backbone.get_submodule(parent_name) if parent_name else backbone
+            setattr(parent, child, m.base)
+    return backbone
+
+
+def load_head(out_dir: str | Path) -> tuple[nn.Linear, dict]:
+    from safetensors.torch import load_file
+
+    t = load_file(str(Path(out_dir) / HEAD_WEIGHTS))
+    meta = json.loads((Path(out_dir) / HEAD_CONFIG).read_text())
+    head = nn.Linear(t["weight"].shape[1], t["weight"].shape[0])
+    head.load_state_dict(t)
+    return head, meta
+
+
+def pool(hidden: torch.Tensor, ids: torch.Tensor, pad_id: int, pooling: str) -> torch.Tensor:
+    if pooling == "cls":
+        return hidden[:, 0]
+    m = (ids != pad_id).unsqueeze(-1).to(hidden.dtype)
+    return (hidden * m).sum(1) / m.sum(1).clamp(min=1.0)
+
+
+def export_run(run_dir: str | Path, out_dir: str | Path) -> Path:
+    """Rebuild a run's model, load its last checkpoint's global state, export it."""
+    from fedbench import checkpoint
+    from fedbench.config import validate
+    from fedbench.models.hf import HFEncoder
+    from fedbench.run import build
+
+    run = Path(run_dir)
+    summary = json.loads((run / "summary.json").read_text())
+    spec = validate(summary["config"])
+    saved = checkpoint.load(run)
+    if saved is None:
+        raise ValueError(f"{run} holds no checkpoint (run with checkpoint_every >= 1 to export)")
+    tensors, meta = saved
+    _, model, state = build(spec)
+    state.load({n: tensors[f"global/{n}"] for n in state.names})
+    pretrained = isinstance(spec.model, HFEncoder)
+    base = str(spec.model.folder()) if pretrained else None
+    out = export_lora(model, out_dir, base_model_name_or_path=base, save_base=not pretrained)
+    print(f"round {meta['round']} of {run}: LoRA on {len(lora_modules(model))} modules -> {out}")
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m fedbench.peft_export", description=__doc__.splitlines()[0])
+    p.add_argument("run_dir", help="a fedbench run folder (method=lora on minilm, tiny_bert or model.path=...)")
+    p.add_argument("out_dir", help="where to write adapter_config.json, adapter_model.safetensors, head")
+    args = p.parse_args(argv)
+    try:
+        export_run(args.run_dir, args.out_dir)
+    except (ValueError, FileNotFoundError, KeyError) as exc:
+        print(f"fedbench.peft_export: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
