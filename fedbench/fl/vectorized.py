@@ -25,13 +25,14 @@ Two step implementations:
 
 * :class:`BatchedMLPStep` -- hand-written forward/backward for the tutorial MLP (plain or
   LoRA-wrapped bias-free Linear layers, Linear head), no autograd;
-* :class:`StackedModules` -- any model whose trainable parameters all live in ``nn.Linear`` or
-  ``LoRALinear`` modules and whose forward treats batch rows independently (the tutorial MLP,
-  the BERT-family encoders): those modules are swapped for stacked versions during training and
-  autograd computes every client's gradients from the sum of their losses.
+* :class:`StackedModules` -- any model whose trainable parameters all live in ``LoRALinear``,
+  ``nn.Linear`` or ``nn.LayerNorm`` modules and whose forward treats batch rows independently
+  (the tutorial MLP; BERT-family encoders with lora, adapter, bitfit or head_only): those
+  modules are swapped for stacked versions during training and autograd computes every
+  client's gradients from the sum of their losses.
 
-Anything else (e.g. prompt tokens, LayerNorm parameters) cannot be stacked this way and is
-refused before training with a :class:`~fedbench.config.ConfigError`.
+Anything else (prompt or prefix tokens, embeddings under full fine-tuning) cannot be stacked
+this way and is refused before training with a :class:`~fedbench.config.ConfigError`.
 """
 
 from __future__ import annotations
@@ -382,22 +383,50 @@ class BatchedMLPStep:
 # Generic: stacked modules + autograd
 # --------------------------------------------------------------------------------------------
 class _StackedLinear(nn.Module):
-    """Stands in for an ``nn.Linear`` whose weight (and bias) train: one per client, ``bmm``."""
+    """Stands in for an ``nn.Linear`` with trainable tensors: a stacked ``[K, out, in]`` weight
+    used with ``bmm`` (or the shared frozen weight over all rows) plus a stacked, shared or no
+    bias."""
 
-    def __init__(self, orig: nn.Linear, weight: torch.Tensor, bias: torch.Tensor | None, owner: StackedModules):
+    def __init__(self, orig: nn.Linear, weight: torch.Tensor | None, bias: torch.Tensor | None,
+                 owner: StackedModules):
         super().__init__()
         self.orig = [orig]  # not a submodule: keep the model's parameter list unchanged
         self.weight_st, self.bias_st, self.owner = weight, bias, [owner]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        m = self.owner[0].m
-        w = self.weight_st[:m]
+        orig, m = self.orig[0], self.owner[0].m
         xs = x.reshape(m, -1, x.shape[-1])
-        if self.bias_st is not None:
-            out = torch.baddbmm(self.bias_st[:m].unsqueeze(1), xs, w.transpose(1, 2))
+        if self.weight_st is None:
+            out = F.linear(xs, orig.weight, orig.bias if self.bias_st is None else None)
+        elif self.bias_st is None and orig.bias is not None:
+            out = torch.baddbmm(orig.bias.view(1, 1, -1), xs, self.weight_st[:m].transpose(1, 2))
         else:
-            out = torch.bmm(xs, w.transpose(1, 2))
+            out = torch.bmm(xs, self.weight_st[:m].transpose(1, 2))
+        if self.bias_st is not None:
+            out = out + self.bias_st[:m].unsqueeze(1)
         return out.reshape(*x.shape[:-1], out.shape[-1])
+
+
+class _StackedLayerNorm(nn.Module):
+    """Stands in for an ``nn.LayerNorm`` whose affine weight and/or bias train."""
+
+    def __init__(self, orig: nn.LayerNorm, weight: torch.Tensor | None, bias: torch.Tensor | None,
+                 owner: StackedModules):
+        super().__init__()
+        self.orig = [orig]
+        self.weight_st, self.bias_st, self.owner = weight, bias, [owner]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        orig, m = self.orig[0], self.owner[0].m
+        y = F.layer_norm(x, orig.normalized_shape, None, None, orig.eps)
+        ys = y.reshape(m, -1, *orig.normalized_shape)
+        w = orig.weight if self.weight_st is None else self.weight_st[:m].unsqueeze(1)
+        b = orig.bias if self.bias_st is None else self.bias_st[:m].unsqueeze(1)
+        if w is not None:
+            ys = ys * w
+        if b is not None:
+            ys = ys + b
+        return ys.reshape(x.shape)
 
 
 class _StackedLoRA(nn.Module):
@@ -417,10 +446,13 @@ class _StackedLoRA(nn.Module):
 
 
 class StackedModules:
-    """Swap each trainable module for a stacked stand-in while the round's clients train.
+    """Swap each module holding trainable tensors for a stacked stand-in while clients train.
 
-    The stand-ins' tensors are leaves whose data are views of ``W [K, P]`` and whose ``.grad``
-    are views of ``G``, so ``sum(losses).backward()`` writes every client's gradient in place.
+    Covered: ``LoRALinear`` (A and B train), ``nn.Linear`` and ``nn.LayerNorm`` (any of their
+    tensors train; frozen ones stay shared). The stand-ins' tensors are leaves whose data are
+    views of the stacked state and whose ``.grad`` are views of its gradient, so
+    ``sum(losses).backward()`` writes every client's gradient in place. The model's forward
+    must keep rows independent and client-major (row ``k*B + b`` belongs to client k).
     """
 
     def __init__(self, model: nn.Module, state: FlatParams, stacked: StackedState) -> None:
@@ -429,6 +461,8 @@ class StackedModules:
         Wv, Gv = stacked.views(stacked.W), stacked.views(stacked.G)
 
         def leaf(name):
+            if name not in names:
+                return None
             t = torch.empty(0)
             t.data = Wv[name]
             t.requires_grad_(True)
@@ -438,20 +472,18 @@ class StackedModules:
         self.swaps: list[tuple[nn.Module, str, nn.Module, nn.Module]] = []
         covered: set[str] = set()
         for mod_name, mod in model.named_modules():
-            pnames = [f"{mod_name}.{n}" if mod_name else n for n, _ in mod.named_parameters(recurse=False)]
+            pre = f"{mod_name}." if mod_name else ""
+            own = [pre + n for n, _ in mod.named_parameters(recurse=False)]
             if isinstance(mod, LoRALinear):
-                a, b = f"{mod_name}.lora_A", f"{mod_name}.lora_B"
-                if a in names and b in names:
-                    stand_in = _StackedLoRA(mod, leaf(a), leaf(b), self)
-                    covered.update((a, b))
-                else:
+                a, b = pre + "lora_A", pre + "lora_B"
+                if a not in names or b not in names:
                     continue
-            elif type(mod) is nn.Linear and any(p in names for p in pnames):
-                w, bias = f"{mod_name}.weight", f"{mod_name}.bias"
-                if w not in names or (mod.bias is not None and bias not in names):
-                    continue  # partly trainable Linear: reported below as not stackable
-                stand_in = _StackedLinear(mod, leaf(w), leaf(bias) if mod.bias is not None else None, self)
-                covered.update(p for p in (w, bias) if p in names)
+                stand_in = _StackedLoRA(mod, leaf(a), leaf(b), self)
+                covered.update((a, b))
+            elif type(mod) in (nn.Linear, nn.LayerNorm) and any(p in names for p in own):
+                cls = _StackedLinear if type(mod) is nn.Linear else _StackedLayerNorm
+                stand_in = cls(mod, leaf(pre + "weight"), leaf(pre + "bias"), self)
+                covered.update(p for p in own if p in names)
             else:
                 continue
             parent_name, _, child = mod_name.rpartition(".")
@@ -489,7 +521,7 @@ def why_not_stackable(model: nn.Module, state: FlatParams) -> str | None:
     missing = StackedModules(model, state, probe).missing
     if missing:
         return (f"cannot stack trainable parameters {missing[:3]}{'...' if len(missing) > 3 else ''} "
-                "(only nn.Linear and LoRALinear modules are stacked); use fl.engine=exact")
+                "(stacked: LoRALinear, nn.Linear, nn.LayerNorm); use fl.engine=exact")
     return None
 
 

@@ -1,0 +1,120 @@
+"""Scale: memory follows the clients per round, not the number of clients (data=tutorial_lazy);
+thread discipline."""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+import subprocess
+import sys
+import weakref
+
+import pytest
+import torch
+
+from conftest import ROOT, compose_cfg
+from fedbench.config import validate
+from fedbench.data.lazy import LazyClients, LazyFederatedData, LazyTutorialData
+from fedbench.fl.vectorized import make_engine
+from fedbench.run import build, run
+from fedbench.threads import threads_for_job
+
+
+def test_lazy_clients_are_stable_and_distinct():
+    data = LazyTutorialData(dim=8, samples_per_client=20, test_size=10).build(num_clients=1000, seed=5)
+    assert isinstance(data, LazyFederatedData) and isinstance(data.clients, LazyClients)
+    x1, y1 = data.clients[999]
+    x2, y2 = data.clients[999]
+    assert torch.equal(x1, x2) and torch.equal(y1, y2)  # same rows on every access
+    x3, _ = data.clients[998]
+    assert not torch.equal(x1, x3)
+    other = LazyTutorialData(dim=8, samples_per_client=20, test_size=10).build(num_clients=10, seed=5)
+    assert torch.equal(other.clients[3][0], data.clients[3][0])  # independent of the client count
+    assert not torch.equal(LazyTutorialData(dim=8).build(10, seed=6).clients[3][0][:20], data.clients[3][0])
+    # the tutorial's distribution: the bump at column label % dim
+    x, y = LazyTutorialData(dim=8, samples_per_client=4000).build(1, 0).clients[0]
+    bump = x[torch.arange(len(y)), y % 8].mean() - x.mean()
+    assert 0.8 < float(bump) < 1.2
+    with pytest.raises(IndexError):
+        data.clients[1000]
+
+
+def test_sizes_without_drawing(monkeypatch):
+    spec = LazyTutorialData(samples_per_client=7)
+    data = spec.build(num_clients=1000, seed=0)
+    calls = []
+    monkeypatch.setattr(LazyTutorialData, "make", lambda self, n, gen: calls.append(n))
+    assert data.client_sizes() == [7] * 1000
+    assert calls == []
+
+
+def test_engine_keeps_no_client_rows():
+    """A 1,000-client run (10 per round) holds no client's rows after its round."""
+    for kind in ("exact", "vectorized"):
+        spec = validate(compose_cfg(["data=tutorial_lazy", "fl.num_clients=1000", "fl.clients_per_round=10",
+                                     "model.hidden_dim=32", "model.num_layers=2", "data.samples_per_client=50",
+                                     "threads=1"]))
+        data, model, state = build(spec)
+        spec.fl.engine = kind
+        engine = make_engine(spec, model, state, data)
+        seen = []
+        original = LazyTutorialData.make
+
+        def tracking(self, n, gen):
+            x, y = original(self, n, gen)
+            seen.append(weakref.ref(x))
+            return x, y
+
+        LazyTutorialData.make = tracking
+        try:
+            rows = [engine.run_round() for _ in range(2)]
+        finally:
+            LazyTutorialData.make = original
+        gc.collect()
+        assert len(seen) == 20 and all(r() is None for r in seen), kind
+        assert all(r["clients"] == 10 for r in rows)
+
+
+_RSS_CHILD = r"""
+import json, resource, sys
+sys.path.insert(0, {tests!r})
+from conftest import compose_cfg
+from fedbench.run import run
+run(compose_cfg(sys.argv[1:]))
+print(json.dumps({{"maxrss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}}))
+"""
+
+
+def peak_rss_kb(num_clients: int, data: str = "tutorial_lazy", *extra: str) -> int:
+    """Peak RSS (ru_maxrss) of a fresh process running 2 rounds of 10 clients out of num_clients."""
+    code = _RSS_CHILD.format(tests=str(ROOT / "tests"))
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    args = [f"data={data}", f"fl.num_clients={num_clients}", "fl.clients_per_round=10", "fl.num_rounds=2",
+            "threads=1", *extra]
+    out = subprocess.run([sys.executable, "-c", code, *args], env=env, capture_output=True, text=True,
+                         timeout=600, check=True).stdout
+    return json.loads(out.strip().splitlines()[-1])["maxrss_kb"]
+
+
+@pytest.mark.slow
+def test_peak_rss_flat_in_clients():
+    """Peak RSS of a 1,000-client run is within 1.5x of a 10-client run (same per-round load)."""
+    small, big = peak_rss_kb(10), peak_rss_kb(1000)
+    assert big <= 1.5 * small, (small, big)
+
+
+def test_threads_from_the_launcher(monkeypatch):
+    monkeypatch.setattr("fedbench.threads.cpu_count", lambda: 8)
+    assert threads_for_job(3, {"_target_": "hydra_plugins.hydra_joblib_launcher.JoblibLauncher", "n_jobs": 4}) == 3
+    assert threads_for_job(None, {"_target_": "hydra_plugins.hydra_joblib_launcher.JoblibLauncher", "n_jobs": 4}) == 2
+    assert threads_for_job(None, {"_target_": "hydra_plugins.hydra_joblib_launcher.JoblibLauncher", "n_jobs": -1}) == 1
+    assert threads_for_job(None, {"_target_": "hydra_plugins.hydra_joblib_launcher.JoblibLauncher", "n_jobs": 16}) == 1
+    assert threads_for_job(None, None) is None
+
+
+def test_threads_recorded(tmp_path):
+    df = run(compose_cfg(["fl.num_rounds=1", "threads=1", "model.hidden_dim=16", "model.num_layers=1"]),
+             out_dir=tmp_path)
+    assert len(df) == 1
+    assert json.loads((tmp_path / "summary.json").read_text())["threads"] == 1
