@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed-stamp
 ARGS   ?=
 PYTEST_ARGS ?=
 
-.PHONY: install run test test-fast bench fixtures lint format clean
+.PHONY: install run test test-fast bench fixtures lint format clean sweep reproduce
 
 install: $(STAMP)
 
@@ -14,7 +14,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q -c constraints.txt torch==2.13.0
-	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev]'
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev,sweep,notebook]'
 	touch $(STAMP)
 
 run: install  ## the Tutorial 166 reproduction (or: make run ARGS="method=full fl.num_rounds=5")
@@ -29,6 +29,12 @@ test-fast: install
 
 bench: install  ## wall time vs the seed script, same invocation, alternating
 	$(BIN)/python scripts/bench.py $(ARGS)
+
+reproduce: install  ## the tutorial reproduction, checked against its logged numbers
+	$(BIN)/python scripts/reproduce_tutorial.py $(ARGS)
+
+sweep: install  ## the comm_efficiency sweep (joblib) and its report into docs/comm_efficiency
+	bash scripts/sweep_comm_efficiency.sh
 
 fixtures: install  ## re-record the seed script's numbers (needs ../shared/seed)
 	$(BIN)/python scripts/seed_reference.py --fixture tests/fixtures/seed_reference.json

@@ -7,7 +7,7 @@ import json
 import pandas as pd
 import pytest
 
-from conftest import run_cli
+from conftest import ROOT, run_cli
 from fedbench.results import COLUMNS
 
 REQUIRED = {"round", "accuracy", "test_loss", "train_loss", "bytes_up", "bytes_down", "cum_bytes",
@@ -34,7 +34,8 @@ def test_run_writes_metrics_and_summary(tmp_path):
 
 
 BAD_INPUTS = [
-    (["method=prompt_magic"], "method=prompt_magic: unknown option for group 'method'; allowed: full, head_only, lora"),
+    (["method=prompt_magic"], "method=prompt_magic: unknown option for group 'method'; allowed: "
+     + ", ".join(sorted(p.stem for p in (ROOT / "conf" / "method").glob("*.yaml")))),
     (["model=gpt9"], "unknown option for group 'model'"),
     (["strategy=nope"], "unknown option for group 'strategy'"),
     (["compression=zip"], "unknown option for group 'compression'"),
