@@ -8,6 +8,14 @@ state is evaluated and one metrics row is returned.
 
 Everything that decides later rounds (global payload, strategy and codec state, every RNG) is
 in :meth:`Engine.state_dict`, so a run resumed from a checkpoint continues bit for bit.
+
+A method may change how its state is sent and aggregated (e.g. exact LoRA aggregation merges
+the clients' mean update into the base weights): if the method (``Engine.method``, or the one
+recorded on the model as ``model.fedbench_method``) has ``server_protocol(model, state)``
+returning an object, the engine calls that object's ``downlink(global_payload, codec_down,
+selected, round) -> (start payload, bytes_down)`` and ``aggregate(global_payload, updates,
+strategy, codec_down, round) -> new global payload`` instead of its own two steps, and
+checkpoints its ``state_dict()`` under ``method/``. Without one, nothing changes.
 """
 
 from __future__ import annotations
@@ -16,12 +24,13 @@ import logging
 import random
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from fedbench.config import FLConfig
+from fedbench.config import ConfigError, FLConfig
 from fedbench.data import FederatedData
 from fedbench.fl.comm import Codec, message_bytes
 from fedbench.fl.faults import FaultPlan
@@ -64,8 +73,18 @@ class Engine:
     codec_up: Codec
     codec_down: Codec
     faults: FaultPlan = field(default_factory=FaultPlan)
+    # The fine-tuning method, for its optional server_protocol hook (None: the one the model
+    # records as ``fedbench_method``, if any).
+    method: Any = None
 
     def __post_init__(self) -> None:
+        if getattr(self.codec_down, "delta", False):
+            raise ConfigError("compression.down",
+                              f"{type(self.codec_down).__name__} sends changes against per-receiver state, "
+                              "which the downlink does not keep; use none, fp16, bf16 or int8")
+        method = self.method if self.method is not None else getattr(self.model, "fedbench_method", None)
+        make_protocol = getattr(method, "server_protocol", None)
+        self.protocol = make_protocol(self.model, self.state) if make_protocol is not None else None
         self.opt = FlatAdamW(self.state.flat, self.state.grad, lr=self.fl.lr,
                              weight_decay=self.fl.weight_decay)
         # The tutorial samples with numpy's global legacy RNG, last seeded with 999.
@@ -95,9 +114,12 @@ class Engine:
         rnd = self.round + 1
         selected = self.select_clients()
         drops = self.dropout_rng.random_sample(len(selected)) < self.fl.dropout if self.fl.dropout > 0 else None
-        down_message = self.codec_down.encode(self.global_payload, key="server")
-        bytes_down = message_bytes(down_message) * len(selected)
-        start = self.codec_down.decode(down_message, key="server")
+        if self.protocol is None:
+            down_message = self.codec_down.encode(self.global_payload, key="server")
+            bytes_down = message_bytes(down_message) * len(selected)
+            start = self.codec_down.decode(down_message, key="server")
+        else:
+            start, bytes_down = self.protocol.downlink(self.global_payload, self.codec_down, selected, rnd)
         start_flat = None
         mu = float(getattr(self.strategy, "proximal_mu", 0.0) or 0.0)
 
@@ -135,7 +157,11 @@ class Engine:
             sample_sum += len(y)
 
         all_nonfinite = reported > 0 and nonfinite == reported
-        if updates:
+        if updates and self.protocol is not None:
+            self.global_payload = self.protocol.aggregate(self.global_payload, updates, self.strategy,
+                                                          self.codec_down, rnd)
+            self.state.load(self.global_payload)
+        elif updates:
             self.global_payload = self.strategy.aggregate(self.global_payload, updates)
             self.state.load(self.global_payload)
         else:
@@ -161,9 +187,14 @@ class Engine:
     def diverged(self, row: dict) -> bool:
         """The global model is unusable: non-finite weights or test loss, or every update was."""
         return (row["_all_nonfinite"] or not np.isfinite(row["test_loss"])
-                or not bool(torch.isfinite(self.state.flat).all()))
+                or not bool(torch.isfinite(self.state.flat).all())
+                or (self.protocol is not None and not self.protocol.finite()))
 
     # -- checkpointing ---------------------------------------------------------------------
+    def _stateful(self) -> tuple[tuple[str, Any], ...]:
+        parts = (("strategy", self.strategy), ("codec_up", self.codec_up), ("codec_down", self.codec_down))
+        return parts if self.protocol is None else (*parts, ("method", self.protocol))
+
     def state_dict(self) -> tuple[dict[str, torch.Tensor], dict]:
         """(tensors, JSON-able metadata): everything the next rounds depend on."""
         tensors = {f"global/{k}": v.contiguous() for k, v in self.global_payload.items()}
@@ -178,8 +209,7 @@ class Engine:
         meta["rng_numpy_global"] = [kind, int(pos), int(has_gauss), float(gauss)]
         version, internal, gauss_next = random.getstate()
         meta["rng_python"] = [version, list(internal), gauss_next]
-        for prefix, obj in (("strategy", self.strategy), ("codec_up", self.codec_up),
-                            ("codec_down", self.codec_down)):
+        for prefix, obj in self._stateful():
             get = getattr(obj, "state_dict", None)
             if get is not None:
                 t, m = get()
@@ -199,8 +229,7 @@ class Engine:
         np.random.set_state((kind, tensors["rng/numpy_global"].numpy().astype(np.uint32), pos, has_gauss, gauss))
         version, internal, gauss_next = meta["rng_python"]
         random.setstate((version, tuple(internal), gauss_next))
-        for prefix, obj in (("strategy", self.strategy), ("codec_up", self.codec_up),
-                            ("codec_down", self.codec_down)):
+        for prefix, obj in self._stateful():
             load = getattr(obj, "load_state_dict", None)
             if load is not None:
                 sub = {k[len(prefix) + 1:]: v for k, v in tensors.items() if k.startswith(prefix + "/")}
