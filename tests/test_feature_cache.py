@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import compose_cfg
 from torch import nn
 
-from conftest import compose_cfg
 from fedbench.config import validate
 from fedbench.fl.engine import Engine
 from fedbench.fl.feature_cache import (

@@ -12,8 +12,8 @@ import weakref
 
 import pytest
 import torch
-
 from conftest import ROOT, compose_cfg
+
 from fedbench.config import validate
 from fedbench.data.lazy import LazyClients, LazyFederatedData, LazyTutorialData
 from fedbench.fl.vectorized import make_engine
@@ -58,10 +58,10 @@ def test_engine_keeps_no_client_rows():
         data, model, state = build(spec)
         spec.fl.engine = kind
         engine = make_engine(spec, model, state, data)
-        seen = []
+        seen: list = []
         original = LazyTutorialData.make
 
-        def tracking(self, n, gen):
+        def tracking(self, n, gen, original=original, seen=seen):
             x, y = original(self, n, gen)
             seen.append(weakref.ref(x))
             return x, y

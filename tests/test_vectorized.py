@@ -8,9 +8,9 @@ from types import SimpleNamespace
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import compose_cfg
 from torch import nn
 
-from conftest import compose_cfg
 from fedbench.config import ConfigError, FLConfig, validate
 from fedbench.data import FederatedData
 from fedbench.fl.comm import NoCompression
@@ -79,7 +79,7 @@ def _stacked_vs_single(model, state, clients, step_kind):
         for n, v in st.views(st.W).items():
             src = state.views(s)[n]
             v[k].copy_(src.t() if n in st.transposed else src)
-    plan = RoundPlan(clients, epochs=1, batch_size=16)
+    plan = RoundPlan(clients, epochs=1, batch_size=16, num_classes=mlp.num_classes if mlp else None)
     b = plan.batches[0]
     P, G = st.views(st.W, b.m), st.views(st.G, b.m)
     if mlp is not None:

@@ -72,6 +72,8 @@ class StepBatch:
     x: torch.Tensor  # [m * B, ...]
     y: torch.Tensor  # [m * B]
     w: torch.Tensor | None  # [m * B, 1] loss weight per row (1/rows or 0 for padding); None: all 1/B
+    # [m * B, C]: -w * onehot(y), i.e. d(per-client mean loss)/d(log-probabilities) (if C is known)
+    target: torch.Tensor | None = None
 
 
 class RoundPlan:
@@ -82,7 +84,8 @@ class RoundPlan:
     train (after the downlink, before evaluation).
     """
 
-    def __init__(self, clients: list[tuple[torch.Tensor, torch.Tensor]], epochs: int, batch_size: int) -> None:
+    def __init__(self, clients: list[tuple[torch.Tensor, torch.Tensor]], epochs: int, batch_size: int,
+                 num_classes: int | None = None) -> None:
         sizes = [len(y) for _, y in clients]
         orders = [[shuffled_order(n) for _ in range(epochs)] for n in sizes]  # the exact engine's draws
         per_epoch = [-(-n // batch_size) for n in sizes]
@@ -112,6 +115,11 @@ class RoundPlan:
         x_all = torch.cat([*xs, xs[0].new_zeros((1, *xs[0].shape[1:]))])
         y_all = torch.cat([*ys, ys[0].new_zeros(1)])
         X, Y = x_all[idx], y_all[idx]  # [T, K, bs, ...]
+        # loss weight of every row: 1/rows of its batch, 0 for padding
+        W = (torch.arange(bs) < rows.unsqueeze(-1)).float() / rows.clamp(min=1).unsqueeze(-1).float()
+        target = None
+        if num_classes is not None:  # -w * onehot(y), all steps at once
+            target = torch.zeros((T, K, bs, num_classes)).scatter_(3, Y.unsqueeze(-1), -W.unsqueeze(-1))
         self.batches: list[StepBatch] = []
         for t in range(T):
             m = sum(1 for s in self.steps if s > t)
@@ -120,24 +128,10 @@ class RoundPlan:
             xt, yt = X[t, :m, :B], Y[t, :m, :B]
             w = None
             if bool((r != B).any()):
-                w = (torch.arange(B).unsqueeze(0) < r.unsqueeze(1)).float() / r.unsqueeze(1).float()
-                w = w.reshape(m * B, 1)
+                w = W[t, :m, :B].reshape(m * B, 1)
+            tg = None if target is None else target[t, :m, :B].reshape(m * B, num_classes)
             self.batches.append(StepBatch(m, B, xt.reshape(m * B, *xt.shape[2:]).contiguous(),
-                                          yt.reshape(m * B).contiguous(), w))
-
-
-def _nll_grad(logp: torch.Tensor, y: torch.Tensor, m: int, B: int, w: torch.Tensor | None):
-    """Per-client mean cross-entropy [m] and its gradient wrt the logits [m*B, C]."""
-    nll = -logp.gather(1, y.unsqueeze(1))  # [m*B, 1]
-    g = torch.zeros_like(logp)
-    if w is None:
-        loss = nll.view(m, B).sum(1).div_(B)
-        g.scatter_(1, y.unsqueeze(1), -1.0 / B)
-    else:
-        loss = (nll * w).view(m, B).sum(1)
-        g.scatter_(1, y.unsqueeze(1), -w)
-    g = torch._log_softmax_backward_data(g, logp, 1, logp.dtype)
-    return loss, g
+                                          yt.reshape(m * B).contiguous(), w, tg))
 
 
 # --------------------------------------------------------------------------------------------
@@ -194,7 +188,7 @@ class StackedState:
             dst[n].copy_(v[k].t() if n in self.transposed else v[k])
         return out
 
-    def step(self, m: int, t: int, opt, start: torch.Tensor | None = None, mu: float = 0.0,
+    def step(self, m: int, t, opt, start: torch.Tensor | None = None, mu: float = 0.0,
              fused: bool = True) -> None:
         """AdamW step number t for the first m clients (plus FedProx's term if mu > 0).
 
@@ -212,12 +206,17 @@ class StackedState:
             for p, g, *_, name in parts:
                 g.add_(p - self._start_stacked(start, name, p.numel()), alpha=mu)
         if fused:
-            self._step_t.fill_(t)
+            if isinstance(t, torch.Tensor):
+                step_t = t
+            else:
+                step_t = self._step_t
+                step_t.fill_(t)
             torch._fused_adamw_([q[0] for q in parts], [q[1] for q in parts], [q[2] for q in parts],
-                                [q[3] for q in parts], [], [self._step_t] * len(parts), lr=opt.lr,
+                                [q[3] for q in parts], [], [step_t] * len(parts), lr=opt.lr,
                                 beta1=opt.beta1, beta2=opt.beta2, weight_decay=opt.weight_decay,
                                 eps=opt.eps, amsgrad=False, maximize=False)
             return
+        t = int(t)
         for p, g, ea, es, d, _ in parts:
             adamw_step(p, g, ea, es, d, t, opt.lr, opt.beta1, opt.beta2, opt.eps, opt.weight_decay)
 
@@ -265,8 +264,9 @@ class BatchedMLPStep:
     ``bmm``. Covers what :class:`~fedbench.models.tutorial_mlp_fast.TutorialMLPStep` covers.
     """
 
-    def __init__(self, layers: list[_BLayer], head_w: str, head_b: str, lowest: int) -> None:
+    def __init__(self, layers: list[_BLayer], head_w: str, head_b: str, lowest: int, num_classes: int) -> None:
         self.layers, self.head_w, self.head_b, self.lowest = layers, head_w, head_b, lowest
+        self.num_classes = num_classes
 
     @classmethod
     def build(cls, model: nn.Module, state: FlatParams) -> BatchedMLPStep | None:
@@ -308,7 +308,8 @@ class BatchedMLPStep:
         if used != names:
             return None
         trains = [i for i, L in enumerate(layers) if L.lora or L.w_name]
-        return cls(layers, "head.weight", "head.bias", min(trains) if trains else len(layers))
+        return cls(layers, "head.weight", "head.bias", min(trains) if trains else len(layers),
+                   model.head.out_features)
 
     def refresh(self) -> None:
         """Re-read the frozen weights (a method's server protocol may merge into them)."""
@@ -320,8 +321,10 @@ class BatchedMLPStep:
         """The LoRA ``A`` factors, which this step wants stored as ``[r, in]``."""
         return frozenset(L.a_name for L in self.layers if L.lora)
 
-    def __call__(self, P: dict[str, torch.Tensor], G: dict[str, torch.Tensor], b: StepBatch) -> torch.Tensor:
-        """Loss per client [m]; writes the gradients into the ``[m, ...]`` stacks ``G``.
+    def __call__(self, P: dict[str, torch.Tensor], G: dict[str, torch.Tensor], b: StepBatch,
+                 loss_out: torch.Tensor | None = None) -> torch.Tensor:
+        """Loss per client [m] (into ``loss_out`` if given); writes the gradients into the
+        ``[m, ...]`` stacks ``G``.
 
         ``P``/``G`` come from a :class:`StackedState` built with :meth:`transposed`: LoRA's A
         is ``At [m, r, in]``; ``xaT = At h^T`` is kept as ``[m, r, B]`` (wide products only).
@@ -332,10 +335,7 @@ class BatchedMLPStep:
         for L in self.layers:
             inputs.append(h)
             h3 = h.view(m, B, -1)
-            if L.w_name:
-                z = torch.bmm(h3, P[L.w_name].transpose(1, 2)).view(m * B, -1)
-            else:
-                z = h.mm(L.Wt)
+            z = torch.bmm(h3, P[L.w_name].transpose(1, 2)).view(m * B, -1) if L.w_name else h.mm(L.Wt)
             if L.lora:
                 xaT = torch.bmm(P[L.a_name], h3.transpose(1, 2))  # [m, r, B]
                 mids.append(xaT)
@@ -348,7 +348,10 @@ class BatchedMLPStep:
         logits = torch.baddbmm(hb.unsqueeze(1), h3, hw.transpose(1, 2))
         C = logits.shape[-1]
         logp = torch._log_softmax(logits.view(m * B, C), 1, False)
-        loss, g = _nll_grad(logp, b.y, m, B, b.w)
+        # loss_k = sum over k's rows of -w log p[y]; its gradient wrt the logits is log-softmax's
+        # backward applied to -w onehot(y) (the plan's ``target``, built with this head's C)
+        loss = torch.sum(logp.mul(b.target).view(m, B * C), 1, out=loss_out)
+        g = torch._log_softmax_backward_data(b.target, logp, 1, logp.dtype)
         g3 = g.view(m, B, C)
         torch.sum(g3, 1, out=G[self.head_b])
         torch.bmm(g3.transpose(1, 2), h3, out=G[self.head_w])
@@ -369,10 +372,7 @@ class BatchedMLPStep:
             if L.w_name:
                 torch.bmm(gz3.transpose(1, 2), hin3, out=G[L.w_name])
             if i > self.lowest:
-                if L.w_name:
-                    gh = torch.bmm(gz3, P[L.w_name]).view(m * B, -1)
-                else:
-                    gh = gz.mm(L.W)
+                gh = torch.bmm(gz3, P[L.w_name]).view(m * B, -1) if L.w_name else gz.mm(L.W)
                 if gxaT is not None:
                     gh.view(m, B, -1).baddbmm_(gxaT.transpose(1, 2), P[L.a_name])
             out = h_in
@@ -507,10 +507,7 @@ class StackedModules:
             logits = self.model(b.x)
             logp = F.log_softmax(logits.float(), dim=-1)
             nll = -logp.gather(1, b.y.unsqueeze(1))
-            if b.w is None:
-                loss = nll.view(b.m, b.B).mean(1)
-            else:
-                loss = (nll * b.w).view(b.m, b.B).sum(1)
+            loss = nll.view(b.m, b.B).mean(1) if b.w is None else (nll * b.w).view(b.m, b.B).sum(1)
             loss.sum().backward()
         return loss.detach()
 
@@ -553,16 +550,18 @@ class VectorizedEngine(Engine):
         """Train the clients from ``start_flat``: (their final flat states, their mean batch losses),
         in the given order."""
         fl = self.fl
-        plan = RoundPlan(clients, fl.local_epochs, fl.batch_size)
-        K = len(clients)
+        mlp = self._mlp_step
+        plan = RoundPlan(clients, fl.local_epochs, fl.batch_size, mlp.num_classes if mlp is not None else None)
+        K, T = len(clients), len(plan.batches)
         st = self._stack(K)
         st.load(start_flat)
         full_P, full_G = st.views(st.W), st.views(st.G)
-        loss_sum = torch.zeros(K, dtype=torch.float64)
+        losses = torch.zeros((T, K))
+        step_numbers = torch.arange(1, T + 1, dtype=torch.float32)
         self.model.train()
-        if self._mlp_step is not None:
-            self._mlp_step.refresh()
-        generic = None if self._mlp_step is not None else StackedModules(self.model, self.state, st)
+        if mlp is not None:
+            mlp.refresh()
+        generic = None if mlp is not None else StackedModules(self.model, self.state, st)
         ctx = generic.installed() if generic is not None else contextlib.nullcontext()
         with torch.no_grad(), ctx:
             for t, b in enumerate(plan.batches):
@@ -573,17 +572,16 @@ class VectorizedEngine(Engine):
                     P, G = st.views(st.W, m), st.views(st.G, m)
                 if generic is not None:
                     st.G.zero_()
-                    loss = generic(P, G, b)
+                    losses[t, :m] = generic(P, G, b)
                 else:
-                    loss = self._mlp_step(P, G, b)
-                st.step(m, t + 1, self.opt, start_flat, mu, fused=self.fused_adamw)
-                loss_sum[:m] += loss
-        means = (loss_sum / torch.tensor(plan.steps, dtype=torch.float64)).tolist()
-        finals, losses = [None] * K, [0.0] * K
+                    mlp(P, G, b, losses[t, :m])
+                st.step(m, step_numbers[t], self.opt, start_flat, mu, fused=self.fused_adamw)
+        means = (losses.double().sum(0) / torch.tensor(plan.steps, dtype=torch.float64)).tolist()
+        finals, out_losses = [None] * K, [0.0] * K
         for j, k in enumerate(plan.perm):
             finals[k] = st.export(j)
-            losses[k] = means[j]
-        return finals, losses
+            out_losses[k] = means[j]
+        return finals, out_losses
 
     def run_round(self) -> dict:
         t0 = time.perf_counter()
