@@ -53,10 +53,20 @@ def _run(overrides, kind, n, tweak=None):
     return engine, _rows(engine, n)
 
 
-@pytest.mark.parametrize("method", ["lora", "full", "head_only"])
+METHODS = {
+    "lora": ["method=lora"],
+    "full": ["method=full"],
+    "head_only": ["method=head_only"],
+    "lora_ffa": ["method=lora", "++method.aggregation=ffa"],  # B trains, A frozen and shared
+    "lora_exact_aggregation": ["method=lora", "++method.aggregation=exact"],  # merges into the base
+    "fedadam_int8": ["strategy=fedadam", "compression=int8"],
+}
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
 def test_rows_match_exact_engine(method):
-    ex, a = _run([*SMALL, f"method={method}"], "exact", 4)
-    vec, b = _run([*SMALL, f"method={method}"], "vectorized", 4)
+    ex, a = _run([*SMALL, *METHODS[method]], "exact", 4)
+    vec, b = _run([*SMALL, *METHODS[method]], "vectorized", 4)
     assert isinstance(vec, VectorizedEngine) and type(ex) is Engine
     assert [set(r) for r in a] == [set(r) for r in b]
     for x, y in zip(a, b):
@@ -108,10 +118,10 @@ def _stacked_vs_single(model, state, clients, step_kind):
 
 
 @pytest.mark.parametrize("step_kind", ["batched", "autograd"])
-@pytest.mark.parametrize("method", ["lora", "full", "head_only"])
+@pytest.mark.parametrize("method", ["lora", "lora_ffa", "full", "head_only"])
 def test_every_clients_gradient(method, step_kind):
-    spec = validate(compose_cfg([*SMALL, f"method={method}", "method.rank=3"] if method == "lora"
-                                else [*SMALL, f"method={method}"]))
+    extra = ["method.rank=3"] if method.startswith("lora") else []
+    spec = validate(compose_cfg([*SMALL, *METHODS[method], *extra]))
     data, model, state = build(spec)
     # unequal sizes: 60, 9 (a short, padded batch) and 16 rows
     clients = [data.clients[0], tuple(t[:9] for t in data.clients[1]), tuple(t[:16] for t in data.clients[2])]

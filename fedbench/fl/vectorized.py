@@ -253,7 +253,7 @@ def adamw_step(p, g, exp_avg, exp_avg_sq, denom, step: int, lr: float, beta1: fl
 # Hand-written batched step for the tutorial MLP
 # --------------------------------------------------------------------------------------------
 class _BLayer:
-    __slots__ = ("base", "W", "Wt", "w_name", "lora", "a_name", "b_name", "scale")
+    __slots__ = ("base", "W", "Wt", "w_name", "lora", "mod", "a_name", "b_name", "a_train", "b_train", "scale")
 
 
 class BatchedMLPStep:
@@ -287,11 +287,10 @@ class BatchedMLPStep:
             L = _BLayer()
             if isinstance(mod, LoRALinear):
                 base, prefix = mod.base, f"layers.{i}.base."
-                L.lora, L.scale = True, mod.scale
+                L.lora, L.scale, L.mod = True, mod.scale, mod
                 L.a_name, L.b_name = f"layers.{i}.lora_A", f"layers.{i}.lora_B"
-                if L.a_name not in names or L.b_name not in names:
-                    return None
-                used.update((L.a_name, L.b_name))
+                L.a_train, L.b_train = L.a_name in names, L.b_name in names  # e.g. FFA-LoRA: B only
+                used.update(n for n in (L.a_name, L.b_name) if n in names)
             elif type(mod) is nn.Linear:
                 base, prefix = mod, f"layers.{i}."
                 L.lora = False
@@ -307,7 +306,7 @@ class BatchedMLPStep:
             layers.append(L)
         if used != names:
             return None
-        trains = [i for i, L in enumerate(layers) if L.lora or L.w_name]
+        trains = [i for i, L in enumerate(layers) if (L.lora and (L.a_train or L.b_train)) or L.w_name]
         return cls(layers, "head.weight", "head.bias", min(trains) if trains else len(layers),
                    model.head.out_features)
 
@@ -319,7 +318,7 @@ class BatchedMLPStep:
 
     def transposed(self) -> frozenset[str]:
         """The LoRA ``A`` factors, which this step wants stored as ``[r, in]``."""
-        return frozenset(L.a_name for L in self.layers if L.lora)
+        return frozenset(L.a_name for L in self.layers if L.lora and L.a_train)
 
     def __call__(self, P: dict[str, torch.Tensor], G: dict[str, torch.Tensor], b: StepBatch,
                  loss_out: torch.Tensor | None = None) -> torch.Tensor:
@@ -332,14 +331,22 @@ class BatchedMLPStep:
         m, B = b.m, b.B
         h = b.x
         inputs, mids = [], []
+        factors = []  # per LoRA layer: (At [m, r, in], B [m, r, out]), frozen ones shared
         for L in self.layers:
+            if L.lora:
+                At = P[L.a_name] if L.a_train else L.mod.lora_A.t().unsqueeze(0).expand(m, -1, -1)
+                Bf = P[L.b_name] if L.b_train else L.mod.lora_B.unsqueeze(0).expand(m, -1, -1)
+                factors.append((At, Bf))
+            else:
+                factors.append(None)
+        for L, fac in zip(self.layers, factors):
             inputs.append(h)
             h3 = h.view(m, B, -1)
             z = torch.bmm(h3, P[L.w_name].transpose(1, 2)).view(m * B, -1) if L.w_name else h.mm(L.Wt)
             if L.lora:
-                xaT = torch.bmm(P[L.a_name], h3.transpose(1, 2))  # [m, r, B]
+                xaT = torch.bmm(fac[0], h3.transpose(1, 2))  # [m, r, B]
                 mids.append(xaT)
-                z.view(m, B, -1).baddbmm_(xaT.transpose(1, 2), P[L.b_name], alpha=L.scale)
+                z.view(m, B, -1).baddbmm_(xaT.transpose(1, 2), fac[1], alpha=L.scale)
             else:
                 mids.append(None)
             h = z.relu_()
@@ -366,15 +373,18 @@ class BatchedMLPStep:
             gz3, hin3 = gz.view(m, B, -1), h_in.view(m, B, -1)
             gxaT = None
             if L.lora:
-                gxaT = torch.bmm(P[L.b_name], gz3.transpose(1, 2)).mul_(L.scale)  # [m, r, B]
-                G[L.b_name].baddbmm_(mids[i], gz3, beta=0, alpha=L.scale)
-                torch.bmm(gxaT, hin3, out=G[L.a_name])
+                At, Bf = factors[i]
+                gxaT = torch.bmm(Bf, gz3.transpose(1, 2)).mul_(L.scale)  # [m, r, B]
+                if L.b_train:
+                    G[L.b_name].baddbmm_(mids[i], gz3, beta=0, alpha=L.scale)
+                if L.a_train:
+                    torch.bmm(gxaT, hin3, out=G[L.a_name])
             if L.w_name:
                 torch.bmm(gz3.transpose(1, 2), hin3, out=G[L.w_name])
             if i > self.lowest:
                 gh = torch.bmm(gz3, P[L.w_name]).view(m * B, -1) if L.w_name else gz.mm(L.W)
                 if gxaT is not None:
-                    gh.view(m, B, -1).baddbmm_(gxaT.transpose(1, 2), P[L.a_name])
+                    gh.view(m, B, -1).baddbmm_(gxaT.transpose(1, 2), factors[i][0])
             out = h_in
         return loss
 
@@ -430,9 +440,10 @@ class _StackedLayerNorm(nn.Module):
 
 
 class _StackedLoRA(nn.Module):
-    """Stands in for a ``LoRALinear``: shared frozen base over all rows, stacked A and B."""
+    """Stands in for a ``LoRALinear``: shared frozen base over all rows, stacked A and B (or
+    either one, the other frozen and shared, as FFA-LoRA trains B only)."""
 
-    def __init__(self, orig: LoRALinear, A: torch.Tensor, Bm: torch.Tensor, owner: StackedModules):
+    def __init__(self, orig: LoRALinear, A: torch.Tensor | None, Bm: torch.Tensor | None, owner: StackedModules):
         super().__init__()
         self.orig = [orig]
         self.A, self.Bm, self.owner = A, Bm, [owner]
@@ -441,7 +452,9 @@ class _StackedLoRA(nn.Module):
         orig, m = self.orig[0], self.owner[0].m
         base = F.linear(x, orig.base.weight, orig.base.bias)
         xs = x.reshape(m, -1, x.shape[-1])
-        lora = torch.bmm(torch.bmm(xs, self.A[:m]), self.Bm[:m]) * orig.scale
+        A = orig.lora_A if self.A is None else self.A[:m]  # a frozen factor is shared
+        Bm = orig.lora_B if self.Bm is None else self.Bm[:m]
+        lora = torch.matmul(torch.matmul(xs, A), Bm) * orig.scale
         return base + lora.reshape(base.shape)
 
 
@@ -476,10 +489,10 @@ class StackedModules:
             own = [pre + n for n, _ in mod.named_parameters(recurse=False)]
             if isinstance(mod, LoRALinear):
                 a, b = pre + "lora_A", pre + "lora_B"
-                if a not in names or b not in names:
+                if a not in names and b not in names:
                     continue
                 stand_in = _StackedLoRA(mod, leaf(a), leaf(b), self)
-                covered.update((a, b))
+                covered.update(n for n in (a, b) if n in names)
             elif type(mod) in (nn.Linear, nn.LayerNorm) and any(p in names for p in own):
                 cls = _StackedLinear if type(mod) is nn.Linear else _StackedLayerNorm
                 stand_in = cls(mod, leaf(pre + "weight"), leaf(pre + "bias"), self)
