@@ -1,21 +1,20 @@
 """The vectorised engine: all clients selected in a round train together, as one batched model.
 
 The exact engine (:mod:`fedbench.fl.engine`) trains the round's K clients one after another,
-each with batch-16 matmuls; at that size kernel-launch and Python overhead cost more than the
-arithmetic. Here the K clients' trainable states are stacked into one ``[K, P]`` tensor (rows
-laid out like :class:`~fedbench.fl.state.FlatParams`) and each local step is taken by all of
-them at once: the frozen base multiplies all ``K x B`` rows in one matmul (it is shared, never
-copied), the stacked trainable tensors (LoRA factors, heads, trainable Linear weights) act with
-batched matmuls (``bmm``), and one AdamW updates ``[K, P]``.
+each with batch-16 matmuls; at that size kernel-launch and Python overhead cost as much as the
+arithmetic. Here the K clients' trainable tensors are stacked (:class:`StackedState`: one
+contiguous ``[K, *shape]`` stack per tensor, all in one buffer) and each local step is taken by
+all of them at once: the frozen base multiplies all ``K x B`` rows in one matmul (it is shared,
+never copied), the stacked tensors (LoRA factors, heads, trainable Linear weights) act with
+batched matmuls (``bmm``), and one fused AdamW call updates every client.
 
 What stays the same as the exact engine: client selection, dropout and fault draws; the byte
 counts (each client's update is encoded and decoded on its own); validation and aggregation;
-evaluation; the row contract and ``state_dict`` (a checkpoint of one engine resumes in the
-other). Each client's batches are the exact engine's batches too: the shuffle seeds are drawn
-from torch's global RNG in the same order (client by client, epoch by epoch). What differs is
-float rounding (a matmul over 80 rows may block its sums differently than over 16, ``bmm``
-differently than ``mm``), so accuracies are close to, not equal to, the exact engine's; the
-README gives the measured distance on the tutorial.
+evaluation; the row contract and the checkpoint (``state_dict``, inherited). Each client's
+batches are the exact engine's batches too: the shuffle seeds are drawn from torch's global RNG
+in the same order (client by client, epoch by epoch). What differs is float rounding (``bmm``
+over transposed stacks, torch's fused AdamW kernel), so accuracies are close to, not equal to,
+the exact engine's; the README gives the measured distance on the tutorial.
 
 Clients of unequal size are handled by ordering them by number of local steps: at every step
 the clients still training are a prefix of the stack, and rows past a client's last batch of
