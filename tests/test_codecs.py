@@ -7,8 +7,8 @@ import math
 
 import pytest
 import torch
-
 from conftest import compose_cfg, run_cli
+
 from fedbench.config import ConfigError
 from fedbench.fl.comm import (
     BFloat16,

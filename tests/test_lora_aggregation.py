@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from conftest import compose_cfg, run_cli
+
 from fedbench.config import ConfigError, validate
 from fedbench.fl.comm import NoCompression
 from fedbench.fl.engine import Engine

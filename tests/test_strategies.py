@@ -6,8 +6,8 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 import torch
-
 from conftest import compose_cfg
+
 from fedbench import checkpoint
 from fedbench.config import ConfigError
 from fedbench.fl.strategies import FedAdagrad, FedAdam, FedAvg, FedAvgM, FedProx, FedYogi

@@ -26,7 +26,6 @@ from torch import nn
 from fedbench.config import ConfigError
 from fedbench.methods.base import Method, is_head, name_matches
 
-
 AGGREGATIONS = ("naive", "ffa", "exact")
 
 
