@@ -246,12 +246,14 @@ import json, resource, sys
 sys.path.insert(0, {tests!r})
 from conftest import compose_cfg
 from fedbench.run import run
-run(compose_cfg(sys.argv[1:]))
-print(json.dumps({{"maxrss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}}))
+df = run(compose_cfg(sys.argv[1:]))
+print(json.dumps({{"maxrss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+                  "round_s": float(df.wall_s.median())}}))
 """
 
 
-def peak_rss_mb(num_clients: int, data: str, threads: int | None) -> float:
+def peak_rss_mb(num_clients: int, data: str, threads: int | None) -> tuple[float, float]:
+    """(peak RSS in MB, median seconds per round) of a fresh process."""
     code = _RSS_CHILD.format(tests=str(ROOT / "tests"))
     args = [f"data={data}", f"fl.num_clients={num_clients}", "fl.clients_per_round=10", "fl.num_rounds=2",
             f"threads={threads or 1}"]
@@ -259,7 +261,8 @@ def peak_rss_mb(num_clients: int, data: str, threads: int | None) -> float:
                          text=True, timeout=900)
     if res.returncode != 0:
         sys.exit(f"bench: RSS child failed:\n{res.stderr[-2000:]}")
-    return json.loads(res.stdout.strip().splitlines()[-1])["maxrss_kb"] / 1024
+    out = json.loads(res.stdout.strip().splitlines()[-1])
+    return out["maxrss_kb"] / 1024, out["round_s"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -414,8 +417,9 @@ def main() -> None:
         rss = {}
         for n, data in ((10, "tutorial_lazy"), (100, "tutorial_lazy"), (1000, "tutorial_lazy"), (10, "tutorial"),
                         (1000, "tutorial")):
-            rss[f"{data}/{n}"] = mb = peak_rss_mb(n, data, args.threads)
-            print(f"  {data:14s} {n:5d} clients: {mb:7.1f} MB", flush=True)
+            mb, round_s = peak_rss_mb(n, data, args.threads)
+            rss[f"{data}/{n}"] = mb
+            print(f"  {data:14s} {n:5d} clients: {mb:7.1f} MB  ({round_s:.3f} s per round)", flush=True)
         ratio = rss["tutorial_lazy/1000"] / rss["tutorial_lazy/10"]
         summary["rss"] = rss
         print(f"  lazy 1000 / 10 clients = {ratio:.3f}  (target <= {TARGETS['rss']}: "
