@@ -48,6 +48,10 @@ class FLConfig:
     eval_batch_size: int = 64
     # Use a model's hand-written training step when it has one (bit-identical to autograd).
     fast_step: bool = True
+    # "exact" (bit-exact with the tutorial) or "vectorized" (all selected clients at once).
+    engine: str = "exact"
+    # Head-only training on a frozen backbone: compute backbone features once and cache them.
+    feature_cache: bool = True
     # Client sampling: "uniform" (the tutorial) or "weighted" by local data size.
     sampling: str = "uniform"
     # Probability that a selected client trains but its update never arrives.
@@ -68,6 +72,8 @@ class FLConfig:
             raise ConfigError("fl.lr", "must be a float > 0", self.lr)
         if self.weight_decay < 0:
             raise ConfigError("fl.weight_decay", "must be a float >= 0", self.weight_decay)
+        if self.engine not in ("exact", "vectorized"):
+            raise ConfigError("fl.engine", "must be one of: exact, vectorized", self.engine)
         if self.sampling not in ("uniform", "weighted"):
             raise ConfigError("fl.sampling", "must be one of: uniform, weighted", self.sampling)
         if not 0.0 <= self.dropout < 1.0:

@@ -21,7 +21,7 @@ from omegaconf import DictConfig
 import fedbench
 from fedbench import checkpoint
 from fedbench.config import ConfigError, RunSpec, validate
-from fedbench.fl.engine import Engine
+from fedbench.fl.vectorized import make_engine
 from fedbench.fl.faults import FaultPlan
 from fedbench.fl.state import FlatParams
 from fedbench.results import (
@@ -162,9 +162,7 @@ def run(cfg: DictConfig | dict | RunSpec, out_dir: str | Path | None = None,
     threads = set_threads(spec.threads)
     started = _now()
     data, model, state = build(spec)
-    engine = Engine(model=model, state=state, data=data, fl=spec.fl, strategy=spec.strategy,
-                    codec_up=spec.compression_up, codec_down=spec.compression_down,
-                    faults=FaultPlan.from_config(spec.fl.faults))
+    engine = make_engine(spec, model, state, data, faults=FaultPlan.from_config(spec.fl.faults))
     rows: list[dict] = []
     resumed_from = None
     if saved is not None:
