@@ -185,3 +185,49 @@ def test_cli_runs_text_data_end_to_end(tmp_path):
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["status"] == "complete" and summary["rounds_completed"] == 2
     assert summary["trainable_params"] == 2 * 2 * (32 * 4 + 4 * 32) + 32 * 2 + 2
+
+
+# -- the minilm_bbc experiment ----------------------------------------------------------------
+def _minilm_bbc_jobs():
+    from omegaconf import OmegaConf
+
+    from conftest import CONF
+
+    params = OmegaConf.load(CONF / "experiment" / "minilm_bbc.yaml").hydra.sweeper.params
+    return [(a, p) for a in str(params.arm).split(",") for p in str(params["data.partition"]).split(",")]
+
+
+EXPECTED_ARMS = {  # arm -> (method class, learning rate)
+    "bert_head_only": ("HeadOnly", 0.01), "bert_lora": ("LoRA", 0.005), "bert_bitfit": ("BitFit", 0.005),
+    "bert_adapter": ("Adapter", 0.005), "bert_prompt_tuning": ("PromptTuning", 0.03),
+    "bert_prefix_tuning": ("PrefixTuning", 0.03), "bert_selective": ("Selective", 0.0005),
+    "bert_full": ("Full", 0.0001),
+}
+
+
+def test_minilm_bbc_sweep_jobs_are_all_valid():
+    """The sweep is methods x partitions on the real model, and the fedbench precheck would pass."""
+    jobs = _minilm_bbc_jobs()
+    assert len(jobs) == 16 and {p for _, p in jobs} == {"iid", "dirichlet"}
+    for arm, p in jobs:
+        spec = validate(compose_cfg(["experiment=minilm_bbc", f"arm={arm}", f"data.partition={p}"]))
+        method, lr = EXPECTED_ARMS[arm]
+        assert type(spec.method).__name__ == method and spec.fl.lr == lr
+        assert type(spec.model).__name__ == "HFEncoder" and spec.data.dataset == "bbc"
+        assert spec.data.partition == p and spec.threads == 2
+    # the centralised reference: one client with all the training data, same everything else
+    central = validate(compose_cfg(["experiment=minilm_bbc", "fl.num_clients=1", "fl.clients_per_round=1"]))
+    assert central.data.train_size == 200 and central.fl.num_rounds == 6
+
+
+@pytest.mark.slow
+def test_minilm_bbc_sweep_runs_shrunk(tmp_path):
+    """The experiment through Hydra's multirun, on tiny_bert and 1 round: every job completes."""
+    sweep = tmp_path / "sweep"
+    res = run_cli(["-m", "experiment=minilm_bbc", "model=tiny_bert", "arm=bert_lora,bert_prefix_tuning",
+                   "fl.num_rounds=1", "data.train_size=60", "data.test_size=20", "threads=1",
+                   f"hydra.sweep.dir={sweep}"], cwd=tmp_path, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    summaries = [json.loads(p.read_text()) for p in sweep.glob("*/summary.json")]
+    assert len(summaries) == 4 and all(s["status"] == "complete" for s in summaries)
+    assert {s["config"]["data"]["partition"] for s in summaries} == {"iid", "dirichlet"}

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# MiniLM on BBC News (conf/experiment/minilm_bbc.yaml): 8 methods x {iid, dirichlet(0.5)} over
+# 5 clients, then the centralised reference (one client holding the same 200 articles: same
+# data, same number of gradient computations, no federation) for every method, then the report.
+#
+#   scripts/sweep_minilm_bbc.sh                    # everything (~25-30 min on 2 idle cores)
+#   SKIP_CENTRAL=1 scripts/sweep_minilm_bbc.sh     # only the 16 federated runs
+#   scripts/sweep_minilm_bbc.sh resume=false       # recompute (extra args go to both fedbench calls)
+#
+# Runs go one after another with 2 torch threads each (the experiment pins threads=2). The sweep
+# folders are fixed, so running this again skips complete runs and resumes unfinished ones.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+BIN=${BIN:-.venv/bin}
+SWEEP_DIR=${SWEEP_DIR:-outputs/multirun/minilm_bbc}
+OUT=${OUT:-docs/minilm_bbc}
+TARGET=${TARGET:-0.9}
+export HF_HUB_OFFLINE=1
+
+set -x
+"$BIN/fedbench" -m experiment=minilm_bbc "hydra.sweep.dir=$SWEEP_DIR/federated" "$@"
+if [ -z "${SKIP_CENTRAL:-}" ]; then
+  "$BIN/fedbench" -m experiment=minilm_bbc fl.num_clients=1 fl.clients_per_round=1 data.partition=iid \
+    "hydra.sweep.dir=$SWEEP_DIR/central" "$@"
+fi
+"$BIN/python" -m fedbench.report "$SWEEP_DIR" --out "$OUT" --target-accuracy "$TARGET"
+set +x
+echo "report: $OUT/summary.md"
