@@ -6,8 +6,8 @@ import json
 
 import pytest
 import torch
-
 from conftest import compose_cfg, run_cli
+
 from fedbench.config import validate
 from fedbench.fl.engine import Engine
 from fedbench.peft_export import export_lora, load_head, pool

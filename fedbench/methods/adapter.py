@@ -7,7 +7,7 @@ exactly what the frozen backbone does. The adapters and the task head train and 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import List, Optional
+from typing import List, Optional  # noqa: UP035 (OmegaConf)
 
 import torch
 from torch import nn

@@ -68,10 +68,7 @@ class LoRA(Method):
         # every nn.Linear but the head when it declares none (the tutorial MLP).
         targets = self.target_modules if self.target_modules is not None else \
             getattr(model, "lora_default_targets", None)
-        if targets is None:
-            chosen = linear
-        else:
-            chosen = [n for n in linear if name_matches(n, list(targets))]
+        chosen = linear if targets is None else [n for n in linear if name_matches(n, list(targets))]
         if not chosen:
             raise ConfigError("method.target_modules",
                               f"matches no nn.Linear of the model; available: {', '.join(linear) or 'none'}",
