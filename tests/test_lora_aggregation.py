@@ -13,7 +13,7 @@ from fedbench.fl.engine import Engine
 from fedbench.fl.lora_aggregation import ExactLoRA
 from fedbench.fl.strategies import FedAvg, Median
 from fedbench.methods.lora import LoRALinear
-from fedbench.run import build, run
+from fedbench.run import build, run, set_threads
 
 IN, HID, LAYERS, R, HEAD = 128, 256, 4, 4, 10 * 256 + 10
 DIMS = [(IN, HID)] + [(HID, HID)] * (LAYERS - 1)
@@ -33,6 +33,7 @@ class Recording(NoCompression):
 
 def _engine(extra=(), method_arg=True):
     spec = validate(compose_cfg(["threads=1", "fl.clients_per_round=4", *extra]))
+    set_threads(spec.threads)  # as run() does (conftest restores the count afterwards)
     data, model, state = build(spec)
     up = Recording()
     engine = Engine(model=model, state=state, data=data, fl=spec.fl, strategy=spec.strategy,
