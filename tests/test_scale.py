@@ -51,6 +51,7 @@ def test_sizes_without_drawing(monkeypatch):
 
 def test_engine_keeps_no_client_rows():
     """A 1,000-client run (10 per round) holds no client's rows after its round."""
+    torch.set_num_threads(1)  # build() leaves threads alone; 2 on a busy machine are slow
     for kind in ("exact", "vectorized"):
         spec = validate(compose_cfg(["data=tutorial_lazy", "fl.num_clients=1000", "fl.clients_per_round=10",
                                      "model.hidden_dim=32", "model.num_layers=2", "data.samples_per_client=50",
