@@ -64,35 +64,9 @@ def timed(cmd: list[str], cwd: Path, threads: int | None) -> tuple[float, subpro
     return elapsed, res
 
 
-def has_engine_option() -> bool:
-    """Whether the config already has ``fl.engine`` (else the vectorised CLI run goes through
-    ``--child-cli``, which selects the engine the same way run.py will)."""
-    from fedbench.config import FLConfig
-
-    return "engine" in FLConfig.__dataclass_fields__
-
-
 def fedbench_cmd(engine: str, run_dir: Path, threads: int | None) -> list[str]:
-    args = [f"hydra.run.dir={run_dir}"] + ([f"threads={threads}"] if threads is not None else [])
-    if engine == "exact":
-        return [sys.executable, "-m", "fedbench", *args]
-    if has_engine_option():
-        return [sys.executable, "-m", "fedbench", "fl.engine=vectorized", *args]
-    return [sys.executable, str(Path(__file__).resolve()), "--child-cli", engine, "--", *args]
-
-
-def child_cli(engine: str, argv: list[str]) -> None:
-    """The fedbench CLI, with run.py's engine chosen by :func:`make_engine` (until the config
-    carries ``fl.engine``)."""
-    import fedbench.run as run_mod
-    from fedbench.fl.vectorized import VectorizedEngine
-
-    if engine == "vectorized":
-        run_mod.Engine = VectorizedEngine
-    sys.argv = ["fedbench", *argv]
-    from fedbench.__main__ import main
-
-    main()
+    args = [f"fl.engine={engine}", f"hydra.run.dir={run_dir}"]
+    return [sys.executable, "-m", "fedbench", *args] + ([f"threads={threads}"] if threads is not None else [])
 
 
 def seed_accuracies(res: subprocess.CompletedProcess) -> dict:
@@ -351,12 +325,7 @@ def main() -> None:
     ap.add_argument("--seed-md", type=Path, default=DEFAULT_SEED_MD)
     ap.add_argument("--minilm-rounds", type=int, default=8)
     ap.add_argument("--skip", default="", help="comma-separated sections to skip: process,inproc,limit,rss,minilm")
-    ap.add_argument("--child-cli", choices=["exact", "vectorized"], help=argparse.SUPPRESS)
-    ap.add_argument("rest", nargs="*", help=argparse.SUPPRESS)
     args = ap.parse_args()
-    if args.child_cli:
-        child_cli(args.child_cli, args.rest)
-        return
     if args.repeats < 1:
         sys.exit("bench: --repeats must be >= 1")
     skip = set(filter(None, args.skip.split(",")))
