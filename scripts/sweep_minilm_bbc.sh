@@ -3,7 +3,7 @@
 # 5 clients, then the centralised reference (one client holding the same 200 articles: same
 # data, same number of gradient computations, no federation) for every method, then the report.
 #
-#   scripts/sweep_minilm_bbc.sh                    # everything (55 min measured on a busy 2-core machine)
+#   scripts/sweep_minilm_bbc.sh                    # everything (14 min measured on 2 idle cores)
 #   SKIP_CENTRAL=1 scripts/sweep_minilm_bbc.sh     # only the 16 federated runs
 #   scripts/sweep_minilm_bbc.sh resume=false       # recompute (extra args go to both fedbench calls)
 #
