@@ -12,18 +12,18 @@ import signal
 import threading
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 import torch
 from omegaconf import DictConfig
 
 import fedbench
 from fedbench import checkpoint
 from fedbench.config import ConfigError, RunSpec, validate
-from fedbench.fl.vectorized import make_engine
 from fedbench.fl.faults import FaultPlan
 from fedbench.fl.state import FlatParams
+from fedbench.fl.vectorized import make_engine
 from fedbench.results import (
     COLUMNS,
     INT_COLUMNS,
@@ -31,9 +31,14 @@ from fedbench.results import (
     METRICS_PARQUET,
     SUMMARY_JSON,
     MetricsWriter,
+    frame,
+    read_parquet_rows,
     summarize,
     write_label_histogram,
 )
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 log = logging.getLogger("fedbench")
 
@@ -140,6 +145,13 @@ def run(cfg: DictConfig | dict | RunSpec, out_dir: str | Path | None = None,
     is recorded in ``summary.json`` as the run's identity for reports. Returns the metrics
     table (one row per completed round).
     """
+    return frame(execute(cfg, out_dir, on_round, choices))
+
+
+def execute(cfg: DictConfig | dict | RunSpec, out_dir: str | Path | None = None,
+            on_round: Callable[[dict, RunSpec], None] | None = None,
+            choices: dict | None = None) -> list[dict]:
+    """:func:`run` returning the metrics rows as dicts (the CLI's path: no pandas import)."""
     spec = cfg if isinstance(cfg, RunSpec) else validate(cfg)
     out = Path(out_dir) if out_dir is not None else None
     saved = None
@@ -152,7 +164,7 @@ def run(cfg: DictConfig | dict | RunSpec, out_dir: str | Path | None = None,
                     raise _mismatch(out, done.get("config_hash"), spec)
                 if done.get("status") == "complete" and (out / METRICS_PARQUET).is_file():
                     log.info("%s already holds this run's complete result; skipping", out)
-                    return pd.read_parquet(out / METRICS_PARQUET)
+                    return read_parquet_rows(out / METRICS_PARQUET)
             saved = checkpoint.load(out)
             if saved is not None and saved[1].get("config_hash") != spec.config_hash:
                 raise _mismatch(out, saved[1].get("config_hash"), spec)
@@ -223,5 +235,5 @@ def run(cfg: DictConfig | dict | RunSpec, out_dir: str | Path | None = None,
             "wall_s": writer.rows[-1]["elapsed_s"] if writer.rows else 0.0,
             "config": spec.resolved,
         }
-        df = writer.finish(summary)
-    return df
+        rows = writer.finish(summary)
+    return rows

@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 import random
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -109,6 +110,22 @@ class Engine:
             chosen = self.sampler.choice(n, k, replace=False)
         return [int(c) for c in chosen]
 
+    def train_clients(self, selected: list[int], start: Payload,
+                      mu: float) -> Iterator[tuple[int, int, int, Payload, float]]:
+        """Train each selected client from ``start``, one after another: yields (position in
+        ``selected``, client id, samples, trained payload, mean batch loss) per client, in order.
+        ``mu > 0`` adds FedProx's proximal term. Engines that train differently override this."""
+        start_flat = None
+        for i, cid in enumerate(selected):
+            x, y = self.data.clients[cid]
+            self.state.load(start)
+            if mu > 0 and start_flat is None:
+                start_flat = self.state.flat.clone()
+            self.opt.reset()
+            loss = train_client(self.model, self.state, self.opt, x, y, self.fl.local_epochs,
+                                self.fl.batch_size, self.step, prox=(mu, start_flat) if mu > 0 else None)
+            yield i, cid, len(y), self.state.snapshot(), loss
+
     def run_round(self) -> dict:
         t0 = time.perf_counter()
         rnd = self.round + 1
@@ -120,22 +137,13 @@ class Engine:
             start = self.codec_down.decode(down_message, key="server")
         else:
             start, bytes_down = self.protocol.downlink(self.global_payload, self.codec_down, selected, rnd)
-        start_flat = None
         mu = float(getattr(self.strategy, "proximal_mu", 0.0) or 0.0)
 
         updates: list[tuple[int, Payload]] = []
         bytes_up, loss_sum, sample_sum, reported, rejected, nonfinite = 0, 0.0, 0, 0, 0, 0
-        for i, cid in enumerate(selected):
-            x, y = self.data.clients[cid]
-            self.state.load(start)
-            if mu > 0 and start_flat is None:
-                start_flat = self.state.flat.clone()
-            self.opt.reset()
-            loss = train_client(self.model, self.state, self.opt, x, y, self.fl.local_epochs,
-                                self.fl.batch_size, self.step, prox=(mu, start_flat) if mu > 0 else None)
+        for i, cid, n, payload, loss in self.train_clients(selected, start, mu):
             if drops is not None and drops[i]:
                 continue  # trained, but the update never arrives: no uplink bytes
-            payload = self.state.snapshot()
             if self.codec_up.delta:
                 payload = {k: v - start[k] for k, v in payload.items()}
             up_message = self.codec_up.encode(payload, key=cid)
@@ -152,20 +160,18 @@ class Engine:
                 nonfinite += "non-finite" in reason
                 log.warning("round %d: rejected the update of client %d: %s", rnd, cid, reason)
                 continue
-            updates.append((len(y), update))
-            loss_sum += loss * len(y)
-            sample_sum += len(y)
+            updates.append((n, update))
+            loss_sum += loss * n
+            sample_sum += n
 
         all_nonfinite = reported > 0 and nonfinite == reported
         if updates and self.protocol is not None:
             self.global_payload = self.protocol.aggregate(self.global_payload, updates, self.strategy,
                                                           self.codec_down, rnd)
-            self.state.load(self.global_payload)
         elif updates:
             self.global_payload = self.strategy.aggregate(self.global_payload, updates)
-            self.state.load(self.global_payload)
-        else:
-            self.state.load(self.global_payload)  # nothing usable arrived: keep the global model
+        # (with nothing usable arriving, the global model stays as it was)
+        self.state.load(self.global_payload)
         accuracy, test_loss = evaluate(self.model, *self.data.test, batch_size=self.fl.eval_batch_size)
         self.round = rnd
         return {

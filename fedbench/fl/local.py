@@ -55,9 +55,11 @@ def _train_loop(model, state, opt, x, y, epochs, batch_size, step, prox) -> floa
     total, batches = 0.0, 0
     for _ in range(epochs):
         order = shuffled_order(n)
+        # One gather per epoch; each batch is then a contiguous row slice (the same values, and
+        # the same row-major layout, as gathering the batch on its own).
+        xs, ys = x.index_select(0, order), y.index_select(0, order)
         for start in range(0, n, batch_size):
-            idx = order[start:start + batch_size]
-            xb, yb = x.index_select(0, idx), y.index_select(0, idx)
+            xb, yb = xs[start:start + batch_size], ys[start:start + batch_size]
             if step is not None:
                 loss = step(xb, yb)
             else:

@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -47,9 +46,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from fedbench.config import ConfigError
-from fedbench.fl.comm import message_bytes
-from fedbench.fl.engine import Engine, check_update
-from fedbench.fl.local import evaluate, shuffled_order
+from fedbench.fl.engine import Engine
+from fedbench.fl.local import shuffled_order
 from fedbench.fl.state import FlatParams, Payload
 from fedbench.methods.lora import LoRALinear
 
@@ -595,76 +593,15 @@ class VectorizedEngine(Engine):
             out_losses[k] = means[j]
         return finals, out_losses
 
-    def run_round(self) -> dict:
-        t0 = time.perf_counter()
-        rnd = self.round + 1
-        selected = self.select_clients()
-        drops = self.dropout_rng.random_sample(len(selected)) < self.fl.dropout if self.fl.dropout > 0 else None
-        protocol = getattr(self, "protocol", None)  # a method's server protocol (see Engine)
-        if protocol is None:
-            down_message = self.codec_down.encode(self.global_payload, key="server")
-            bytes_down = message_bytes(down_message) * len(selected)
-            start = self.codec_down.decode(down_message, key="server")
-        else:
-            start, bytes_down = protocol.downlink(self.global_payload, self.codec_down, selected, rnd)
+    def train_clients(self, selected: list[int], start: Payload, mu: float):
+        """All selected clients at once (see :meth:`train_selected`); yields what
+        :meth:`Engine.train_clients` yields."""
         self.state.load(start)
         start_flat = self.state.flat.clone()
-        mu = float(getattr(self.strategy, "proximal_mu", 0.0) or 0.0)
-
         clients = [self.data.clients[cid] for cid in selected]
         finals, losses = self.train_selected(clients, start_flat, mu)
-
-        updates: list[tuple[int, Payload]] = []
-        bytes_up, loss_sum, sample_sum, reported, rejected, nonfinite = 0, 0.0, 0, 0, 0, 0
         for i, cid in enumerate(selected):
-            n = len(clients[i][1])
-            if drops is not None and drops[i]:
-                continue
-            payload = self.state.views(finals[i])
-            if self.codec_up.delta:
-                payload = {k: v - start[k] for k, v in payload.items()}
-            up_message = self.codec_up.encode(payload, key=cid)
-            bytes_up += message_bytes(up_message)
-            reported += 1
-            update = self.codec_up.decode(up_message, key=cid)
-            if self.codec_up.delta:
-                update = {k: start[k] + v if k in start and v.shape == start[k].shape else v
-                          for k, v in update.items()}
-            update = self.faults.apply(update, cid, rnd)
-            reason = check_update(update, self.global_payload)
-            if reason is not None:
-                rejected += 1
-                nonfinite += "non-finite" in reason
-                log.warning("round %d: rejected the update of client %d: %s", rnd, cid, reason)
-                continue
-            updates.append((n, update))
-            loss_sum += losses[i] * n
-            sample_sum += n
-
-        all_nonfinite = reported > 0 and nonfinite == reported
-        if updates and protocol is not None:
-            self.global_payload = protocol.aggregate(self.global_payload, updates, self.strategy,
-                                                     self.codec_down, rnd)
-        elif updates:
-            self.global_payload = self.strategy.aggregate(self.global_payload, updates)
-        self.state.load(self.global_payload)
-        accuracy, test_loss = evaluate(self.model, *self.data.test, batch_size=self.fl.eval_batch_size)
-        self.round = rnd
-        return {
-            "round": rnd,
-            "accuracy": accuracy,
-            "test_loss": test_loss,
-            "train_loss": loss_sum / sample_sum if sample_sum else float("nan"),
-            "bytes_up": bytes_up,
-            "bytes_down": bytes_down,
-            "clients": len(selected),
-            "reported": reported,
-            "rejected": rejected,
-            "selected": " ".join(map(str, selected)),
-            "trainable_params": self.state.numel,
-            "wall_s": time.perf_counter() - t0,
-            "_all_nonfinite": all_nonfinite,
-        }
+            yield i, cid, len(clients[i][1]), self.state.views(finals[i]), losses[i]
 
 
 # --------------------------------------------------------------------------------------------
