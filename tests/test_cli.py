@@ -31,6 +31,10 @@ def test_run_writes_metrics_and_summary(tmp_path):
     assert summary["bytes_total"] == parquet["bytes_up"].sum() + parquet["bytes_down"].sum()
     assert len(summary["config_hash"]) == 12 and summary["config"]["fl"]["num_rounds"] == 3
     assert (run_dir / ".hydra" / "config.yaml").is_file()
+    # the process ends without interpreter teardown: its output and log must still be complete
+    assert "final accuracy" in res.stdout
+    assert "round 3/3" in (run_dir / "fedbench.log").read_text()
+    assert not list(run_dir.glob(".*.tmp")) and not list(run_dir.glob("checkpoint/.*.tmp"))
 
 
 BAD_INPUTS = [
