@@ -74,7 +74,9 @@ class TutorialMLPStep:
                 a, b = f"layers.{i}.lora_A", f"layers.{i}.lora_B"
                 if (a in grads) != (b in grads):
                     return None
-                layer.A, layer.B, layer.scale = mod.lora_A, mod.lora_B, mod.scale
+                # a 0-d tensor, not a Python float: no scalar wrapping per call, the same bits
+                layer.A, layer.B = mod.lora_A, mod.lora_B
+                layer.scale = torch.tensor(mod.scale, dtype=mod.lora_A.dtype)
                 layer.At, layer.Bt = mod.lora_A.t(), mod.lora_B.t()
                 if a in grads:
                     layer.gA, layer.gB = grads[a], grads[b]
