@@ -240,7 +240,13 @@ def test_output_does_not_depend_on_padding(method):
     (["model=tiny_bert", "data=bbc", "method=prompt_tuning", "method.num_virtual_tokens=400",
       "data.max_length=128"], "num_virtual_tokens=400"),
     (["model=tiny_bert", "data=bbc", "method=adapter", "method.bottleneck=0"], "method.bottleneck=0"),
-    (["model=tiny_bert", "data=bbc", "method=prefix_tuning", "method.init=zeros"], "method.init='zeros'"),
+    (["model=tiny_bert", "data=bbc", "method=prefix_tuning", "method.init=zeros"],
+     "method.init='zeros': must be one of: tokens, normal"),
+    (["model=tiny_bert", "data=bbc", "method=prompt_tuning", "method.init=tokens"],
+     "method.init='tokens': must be one of: vocab, normal"),
+    (["model=tiny_bert", "data=bbc", "method=prompt_tuning", "method.num_virtual_tokens=0"],
+     "method.num_virtual_tokens=0: must be an integer >= 1"),
+    (["model=tiny_bert", "data=bbc", "method=prefix_tuning", "method.init_std=0"], "method.init_std=0"),
 ])
 def test_impossible_combinations_are_refused_before_training(overrides, needle):
     with pytest.raises(ConfigError) as err:

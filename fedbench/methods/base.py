@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
+from typing import ClassVar
 
 from torch import nn
 
@@ -18,13 +20,31 @@ class Method:
         raise NotImplementedError
 
 
+@dataclass
+class VirtualTokenMethod(Method):
+    """The settings prompt and prefix tuning share: how many virtual tokens, and how they start
+    (``init``: one of the subclass's ``INITS``; ``normal`` draws N(0, init_std^2))."""
+
+    num_virtual_tokens: int = 10
+    init: str = "normal"
+    init_std: float = 0.02
+    INITS: ClassVar[tuple[str, ...]] = ("normal",)
+
+    def __post_init__(self) -> None:
+        from fedbench.config import ConfigError
+
+        if self.num_virtual_tokens < 1:
+            raise ConfigError("method.num_virtual_tokens", "must be an integer >= 1", self.num_virtual_tokens)
+        if self.init not in self.INITS:
+            raise ConfigError("method.init", f"must be one of: {', '.join(self.INITS)}", self.init)
+        if not self.init_std > 0:
+            raise ConfigError("method.init_std", "must be a float > 0", self.init_std)
+
+
 def is_head(model: nn.Module, name: str) -> bool:
     return name.startswith(model.head_name + ".")
 
 
 def name_matches(name: str, patterns: list[str]) -> bool:
     """PEFT-style module matching: exact name, dotted suffix, or a full regex match."""
-    for pat in patterns:
-        if name == pat or name.endswith("." + pat) or re.fullmatch(pat, name):
-            return True
-    return False
+    return any(name == pat or name.endswith("." + pat) or re.fullmatch(pat, name) for pat in patterns)

@@ -12,13 +12,13 @@ from N(0, init_std^2).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import nn
 
-from fedbench.config import ConfigError
 from fedbench.methods._support import require
-from fedbench.methods.base import Method, is_head
+from fedbench.methods.base import VirtualTokenMethod, is_head
 
 INITS = ("tokens", "normal")
 
@@ -42,18 +42,11 @@ class PrefixKV(nn.Module):
 
 
 @dataclass
-class PrefixTuning(Method):
+class PrefixTuning(VirtualTokenMethod):
     num_virtual_tokens: int = 10
     init: str = "tokens"
     init_std: float = 0.02
-
-    def __post_init__(self) -> None:
-        if self.num_virtual_tokens < 1:
-            raise ConfigError("method.num_virtual_tokens", "must be an integer >= 1", self.num_virtual_tokens)
-        if self.init not in INITS:
-            raise ConfigError("method.init", f"must be one of: {', '.join(INITS)}", self.init)
-        if not self.init_std > 0:
-            raise ConfigError("method.init_std", "must be a float > 0", self.init_std)
+    INITS: ClassVar[tuple[str, ...]] = INITS
 
     def check_compatible(self, comps: dict, fl) -> None:
         require("prefix_tuning", "prefix", comps)
