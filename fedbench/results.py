@@ -165,7 +165,7 @@ def write_label_histogram(data, out_dir: Path) -> None:
 
     n = int(data.num_classes)
     lines = ["client,size," + ",".join(f"label_{i}" for i in range(n))]
-    sets = [(str(i), y) for i, (_, y) in enumerate(data.clients)] + [("test", data.test[1])]
+    sets = [(str(i), data.client_labels(i)) for i in range(len(data.clients))] + [("test", data.test[1])]
     for name, y in sets:
         counts = torch.bincount(y.reshape(-1).long(), minlength=n).tolist()
         lines.append(f"{name},{len(y)}," + ",".join(map(str, counts)))

@@ -49,6 +49,24 @@ def test_sizes_without_drawing(monkeypatch):
     assert calls == []
 
 
+def test_label_histogram_draws_labels_only(tmp_path, monkeypatch):
+    from fedbench.results import CLIENTS_CSV, write_label_histogram
+
+    spec = LazyTutorialData(dim=8, samples_per_client=30, test_size=10)
+    data = spec.build(num_clients=50, seed=3)
+    for i in (0, 17, 49):
+        assert torch.equal(data.client_labels(i), data.clients[i][1])
+    calls = []
+    monkeypatch.setattr(LazyTutorialData, "make", lambda self, n, gen: calls.append(n))
+    write_label_histogram(data, tmp_path)
+    assert calls == []  # no client's features were drawn
+    lines = (tmp_path / CLIENTS_CSV).read_text().splitlines()
+    assert len(lines) == 1 + 50 + 1
+    monkeypatch.undo()
+    want = torch.bincount(data.clients[17][1], minlength=10).tolist()
+    assert lines[1 + 17] == "17,30," + ",".join(map(str, want))
+
+
 def test_engine_keeps_no_client_rows():
     """A 1,000-client run (10 per round) holds no client's rows after its round."""
     torch.set_num_threads(1)  # build() leaves threads alone; 2 on a busy machine are slow

@@ -18,3 +18,7 @@ class FederatedData:
 
     def client_sizes(self) -> list[int]:
         return [len(y) for _, y in self.clients]
+
+    def client_labels(self, i: int) -> torch.Tensor:
+        """Client ``i``'s labels (for histograms; data made on demand may skip the features)."""
+        return self.clients[i][1]

@@ -21,8 +21,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from fedbench.config import ConfigError
 from fedbench.data import FederatedData
+from fedbench.data.tutorial import TutorialData
 
 _TEST_STREAM = 1  # spawn-key namespaces of the per-dataset generators
 _CLIENT_STREAM = 0
@@ -34,22 +34,15 @@ def _generator(seed: int, *key: int) -> torch.Generator:
 
 
 @dataclass
-class LazyTutorialData:
-    dim: int = 128
-    num_classes: int = 10
-    samples_per_client: int = 500
-    test_size: int = 500
-    signal: float = 1.0
+class LazyTutorialData(TutorialData):
+    """The tutorial data's settings and distribution; rows drawn per client on demand."""
 
-    def __post_init__(self) -> None:
-        for key in ("dim", "samples_per_client", "test_size"):
-            if getattr(self, key) < 1:
-                raise ConfigError(f"data.{key}", "must be an integer >= 1", getattr(self, key))
-        if self.num_classes < 2:
-            raise ConfigError("data.num_classes", "must be an integer >= 2", self.num_classes)
+    def labels(self, n: int, gen: torch.Generator) -> torch.Tensor:
+        """The first draw of :meth:`make`: a client's labels without its features."""
+        return torch.randint(0, self.num_classes, (n,), dtype=torch.long, generator=gen)
 
     def make(self, n: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        y = torch.randint(0, self.num_classes, (n,), dtype=torch.long, generator=gen)
+        y = self.labels(n, gen)
         x = torch.randn(n, self.dim, dtype=torch.float32, generator=gen)
         x[torch.arange(n), y % self.dim] += self.signal
         return x, y
@@ -70,13 +63,22 @@ class LazyClients(Sequence):
     def __len__(self) -> int:
         return self.n
 
-    def __getitem__(self, i):
-        if isinstance(i, slice):
-            return [self[j] for j in range(*i.indices(self.n))]
+    def _check(self, i) -> int:
         i = int(i)
         if not 0 <= i < self.n:
             raise IndexError(i)
+        return i
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(self.n))]
+        i = self._check(i)
         return self.spec.make(self.spec.samples_per_client, _generator(self.seed, _CLIENT_STREAM, i))
+
+    def labels(self, i: int) -> torch.Tensor:
+        """Client i's labels, the same as ``self[i][1]``, without drawing its features."""
+        i = self._check(i)
+        return self.spec.labels(self.spec.samples_per_client, _generator(self.seed, _CLIENT_STREAM, i))
 
     def sizes(self) -> list[int]:
         return [self.spec.samples_per_client] * self.n
@@ -86,3 +88,6 @@ class LazyClients(Sequence):
 class LazyFederatedData(FederatedData):
     def client_sizes(self) -> list[int]:
         return self.clients.sizes()  # without drawing any client's rows
+
+    def client_labels(self, i: int) -> torch.Tensor:
+        return self.clients.labels(i)
