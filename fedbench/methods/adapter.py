@@ -14,7 +14,7 @@ from torch import nn
 
 from fedbench.config import ConfigError
 from fedbench.methods._support import require
-from fedbench.methods.base import Method, is_head, name_matches
+from fedbench.methods.base import Method, is_head, linear_names, name_matches, wrap_modules
 
 ACTIVATIONS = {"gelu": nn.GELU, "relu": nn.ReLU, "tanh": nn.Tanh}
 
@@ -58,19 +58,13 @@ class Adapter(Method):
     def _targets(self, model: nn.Module) -> list[str]:
         patterns = self.target_modules if self.target_modules is not None else \
             getattr(model, "adapter_default_targets", None)
-        linear = [n for n, m in model.named_modules() if isinstance(m, nn.Linear) and not is_head(model, n + ".")]
-        chosen = [n for n in linear if patterns and name_matches(n, list(patterns))]
+        chosen = [n for n in linear_names(model) if patterns and name_matches(n, list(patterns))]
         if not chosen:
             raise ConfigError("method.target_modules", "matches no nn.Linear of the model", self.target_modules)
         return chosen
 
     def inject(self, model: nn.Module) -> None:
-        for name in self._targets(model):
-            parent_name, _, child = name.rpartition(".")
-            parent = model.get_submodule(parent_name) if parent_name else model
-            base = getattr(parent, child)
-            base.requires_grad_(False)
-            setattr(parent, child, AdapterLinear(base, self.bottleneck, self.activation))
+        wrap_modules(model, self._targets(model), lambda base: AdapterLinear(base, self.bottleneck, self.activation))
 
     def trainable(self, model: nn.Module) -> list[str]:
         norms = set()

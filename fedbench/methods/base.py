@@ -41,6 +41,21 @@ class VirtualTokenMethod(Method):
             raise ConfigError("method.init_std", "must be a float > 0", self.init_std)
 
 
+def linear_names(model: nn.Module) -> list[str]:
+    """Names of the model's nn.Linear modules, the task head's excepted."""
+    return [n for n, m in model.named_modules() if isinstance(m, nn.Linear) and not is_head(model, n + ".")]
+
+
+def wrap_modules(model: nn.Module, names: list[str], wrap) -> None:
+    """Replace each named module by ``wrap(module)``, the module's own weights frozen."""
+    for name in names:
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        base = getattr(parent, child)
+        base.requires_grad_(False)
+        setattr(parent, child, wrap(base))
+
+
 def is_head(model: nn.Module, name: str) -> bool:
     return name.startswith(model.head_name + ".")
 

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fedbench.config import ConfigError
-from fedbench.methods.base import Method, is_head, name_matches
+from fedbench.methods.base import Method, is_head, linear_names, name_matches, wrap_modules
 
 AGGREGATIONS = ("naive", "ffa", "exact")
 
@@ -63,7 +63,7 @@ class LoRA(Method):
             raise ConfigError("method.init_std", "must be a float >= 0", self.init_std)
 
     def _targets(self, model: nn.Module) -> list[str]:
-        linear = [n for n, m in model.named_modules() if isinstance(m, nn.Linear) and not is_head(model, n + ".")]
+        linear = linear_names(model)
         # null = the model's own default (``lora_default_targets``, e.g. query/value on BERT), or
         # every nn.Linear but the head when it declares none (the tutorial MLP).
         targets = self.target_modules if self.target_modules is not None else \
@@ -76,12 +76,7 @@ class LoRA(Method):
         return chosen
 
     def inject(self, model: nn.Module) -> None:
-        for name in self._targets(model):
-            parent_name, _, child = name.rpartition(".")
-            parent = model.get_submodule(parent_name) if parent_name else model
-            base = getattr(parent, child)
-            base.requires_grad_(False)
-            setattr(parent, child, LoRALinear(base, self.rank, self.alpha, self.init_std))
+        wrap_modules(model, self._targets(model), lambda base: LoRALinear(base, self.rank, self.alpha, self.init_std))
         # The engine asks the model's method for a server protocol (see server_protocol).
         model.fedbench_method = self
 
