@@ -64,11 +64,14 @@ def _task(cfg: DictConfig) -> float:
     except ConfigError as exc:  # e.g. the run folder holds a different configuration
         print(f"fedbench: {exc}", file=sys.stderr)
         sys.exit(EXIT_BAD_CONFIG)
-    print(format_table(rows, ["round", "accuracy", "bytes_up", "bytes_down", "cum_bytes"]))
     last = rows[-1]
-    print(f"final accuracy {last['accuracy']:.4f} | communicated {human_bytes(last['cum_bytes'])} "
-          f"(up {human_bytes(last['cum_bytes_up'])}, down {human_bytes(last['cum_bytes_down'])}) | "
-          f"trainable params {int(last['trainable_params']):,} | run folder {out_dir}")
+    try:
+        print(format_table(rows, ["round", "accuracy", "bytes_up", "bytes_down", "cum_bytes"]))
+        print(f"final accuracy {last['accuracy']:.4f} | communicated {human_bytes(last['cum_bytes'])} "
+              f"(up {human_bytes(last['cum_bytes_up'])}, down {human_bytes(last['cum_bytes_down'])}) | "
+              f"trainable params {int(last['trainable_params']):,} | run folder {out_dir}", flush=True)
+    except BrokenPipeError:  # `fedbench ... | head`: the reader left; the run folder is complete
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return float(last["accuracy"])
 
 
@@ -84,8 +87,11 @@ def _exit_now(code: int) -> None:
     modules and objects. Every file the run writes is complete and closed by now; buffered
     output and log handlers are flushed first."""
     logging.shutdown()
-    sys.stdout.flush()
-    sys.stderr.flush()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except OSError:  # e.g. `fedbench ... | head`: the reader is gone, the run folder is complete
+            pass
     os._exit(code)
 
 

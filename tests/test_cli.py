@@ -37,6 +37,23 @@ def test_run_writes_metrics_and_summary(tmp_path):
     assert not list(run_dir.glob(".*.tmp")) and not list(run_dir.glob("checkpoint/.*.tmp"))
 
 
+def test_a_reader_that_leaves_early_does_not_fail_the_run(tmp_path):
+    """``fedbench ... | head``: stdout breaks mid-run; the run completes and exits 0."""
+    import os
+    import subprocess
+    import sys
+
+    run_dir = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "fedbench", "fl.num_rounds=2", "threads=1",
+                             f"hydra.run.dir={run_dir}"], cwd=tmp_path, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    proc.stdout.read(10)
+    proc.stdout.close()
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err.decode()[-2000:]
+    assert json.loads((run_dir / "summary.json").read_text())["status"] == "complete"
+
+
 BAD_INPUTS = [
     (["method=prompt_magic"], "method=prompt_magic: unknown option for group 'method'; allowed: "
      + ", ".join(sorted(p.stem for p in (ROOT / "conf" / "method").glob("*.yaml")))),
