@@ -8,8 +8,8 @@ import sys
 
 import pandas as pd
 import pytest
-
 from conftest import ROOT
+
 from fedbench.results import COLUMNS, INT_COLUMNS, read_parquet_rows, write_parquet_atomic
 
 
