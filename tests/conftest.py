@@ -35,6 +35,17 @@ def run_cli(args: list[str], cwd: Path, timeout: float = 300) -> subprocess.Comp
                           capture_output=True, text=True, timeout=timeout)
 
 
+class StopAfter:
+    """An ``on_round`` callback that interrupts a run (as Ctrl-C would) after round ``n``."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def __call__(self, row, spec) -> None:
+        if row["round"] == self.n:
+            raise KeyboardInterrupt
+
+
 @pytest.fixture(autouse=True)
 def _restore_torch_threads():
     """Runs may set torch's thread count; keep tests independent of each other."""

@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from conftest import ROOT, compose_cfg, run_cli
+from conftest import ROOT, StopAfter, compose_cfg, run_cli
 from fedbench import checkpoint
 from fedbench.run import run
 
@@ -27,20 +27,11 @@ def _same_rows(a: pd.DataFrame, b: pd.DataFrame) -> None:
                                   b.drop(columns=TIMING).reset_index(drop=True), check_exact=True)
 
 
-class _StopAfter:
-    def __init__(self, n):
-        self.n = n
-
-    def __call__(self, row, spec):
-        if row["round"] == self.n:
-            raise KeyboardInterrupt
-
-
 def test_interrupted_run_resumes_bit_for_bit(tmp_path):
     cfg = compose_cfg(SMALL)
     reference = run(cfg)
     with pytest.raises(KeyboardInterrupt):
-        run(cfg, out_dir=tmp_path, on_round=_StopAfter(3))
+        run(cfg, out_dir=tmp_path, on_round=StopAfter(3))
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["status"] == "interrupted" and summary["rounds_completed"] == 3
     assert checkpoint.load(tmp_path)[1]["round"] == 3
@@ -56,7 +47,7 @@ def test_resume_with_sparse_checkpoints_redoes_rounds_after_the_last_one(tmp_pat
     cfg = compose_cfg([*SMALL, "checkpoint_every=2"])
     reference = run(cfg)
     with pytest.raises(KeyboardInterrupt):
-        run(cfg, out_dir=tmp_path, on_round=_StopAfter(3))  # checkpoint at 2, row 3 on disk
+        run(cfg, out_dir=tmp_path, on_round=StopAfter(3))  # checkpoint at 2, row 3 on disk
     assert checkpoint.load(tmp_path)[1]["round"] == 2
     _same_rows(run(cfg, out_dir=tmp_path), reference)
 
@@ -167,7 +158,7 @@ def test_checkpoints_are_safetensors_and_json_only(tmp_path):
 def test_corrupt_checkpoint_is_refused(tmp_path):
     cfg = compose_cfg(SMALL)
     with pytest.raises(KeyboardInterrupt):
-        run(cfg, out_dir=tmp_path, on_round=_StopAfter(2))
+        run(cfg, out_dir=tmp_path, on_round=StopAfter(2))
     tensors = next((tmp_path / "checkpoint").glob("*.safetensors"))
     tensors.write_bytes(tensors.read_bytes()[:-8] + b"garbage!")
     with pytest.raises(ValueError, match="corrupt"):

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 import torch
-from conftest import compose_cfg
+from conftest import StopAfter, compose_cfg
 
 from fedbench import checkpoint
 from fedbench.config import ConfigError
@@ -118,15 +118,6 @@ def test_every_server_optimizer_runs_and_learns(strategy):
     assert df["accuracy"].iloc[-1] > df["accuracy"].iloc[0]
 
 
-class _StopAfter:
-    def __init__(self, n):
-        self.n = n
-
-    def __call__(self, row, spec):
-        if row["round"] == self.n:
-            raise KeyboardInterrupt
-
-
 @pytest.mark.parametrize("extra", [
     ["strategy=fedadam", "compression=topk"],
     ["strategy=fedavgm", "compression=topk_int8", "fl.dropout=0.3"],
@@ -137,7 +128,7 @@ def test_interrupted_run_with_server_and_codec_state_resumes_bit_for_bit(tmp_pat
     cfg = compose_cfg([*SMALL, *extra])
     reference = run(cfg)
     with pytest.raises(KeyboardInterrupt):
-        run(cfg, out_dir=tmp_path, on_round=_StopAfter(3))
+        run(cfg, out_dir=tmp_path, on_round=StopAfter(3))
     tensors, meta = checkpoint.load(tmp_path)
     assert meta["round"] == 3
     assert any(k.startswith("codec_up/") for k in tensors)  # error-feedback residuals

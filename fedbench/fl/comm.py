@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
@@ -49,27 +50,31 @@ class NoCompression(Codec):
         return {k: parts[0] for k, parts in message.items()}
 
 
-@dataclass
-class Float16(Codec):
-    """Cast to IEEE half precision on the wire; decoded back to float32."""
+class _Cast(Codec):
+    """Send each tensor cast to ``wire`` (a 2-byte float type); decode back to float32."""
+
+    wire: ClassVar[torch.dtype]
 
     def encode(self, payload: Payload, key=None) -> Message:
-        return {k: (v.to(torch.float16),) for k, v in payload.items()}
+        return {k: (v.to(self.wire),) for k, v in payload.items()}
 
     def decode(self, message: Message, key=None) -> Payload:
         return {k: parts[0].to(torch.float32) for k, parts in message.items()}
 
 
 @dataclass
-class BFloat16(Codec):
+class Float16(_Cast):
+    """Cast to IEEE half precision on the wire; decoded back to float32."""
+
+    wire: ClassVar[torch.dtype] = torch.float16
+
+
+@dataclass
+class BFloat16(_Cast):
     """Cast to bfloat16 on the wire (float32's exponent range, 8 significant bits); decoded back
     to float32. 2 bytes per value."""
 
-    def encode(self, payload: Payload, key=None) -> Message:
-        return {k: (v.to(torch.bfloat16),) for k, v in payload.items()}
-
-    def decode(self, message: Message, key=None) -> Payload:
-        return {k: parts[0].to(torch.float32) for k, parts in message.items()}
+    wire: ClassVar[torch.dtype] = torch.bfloat16
 
 
 @dataclass
