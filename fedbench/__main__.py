@@ -13,8 +13,10 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from fedbench.cli_check import CONF_DIR, CommandLineError, check_command_line, split_argv
-from fedbench.config import ConfigError, RunSpec, validate
+from fedbench.cli_check import CommandLineError, check_command_line, is_multirun
+from fedbench.config import CONF_DIR, RunSpec, load_registry, validate
+from fedbench.errors import ConfigError
+from fedbench.progress import RunProgress, progress_enabled
 from fedbench.threads import threads_for_job
 
 log = logging.getLogger("fedbench")
@@ -59,8 +61,17 @@ def _task(cfg: DictConfig) -> float:
     if threads != spec.threads:
         spec = dataclasses.replace(spec, threads=threads)
     choices = {k: v for k, v in hc.runtime.choices.items() if not k.startswith("hydra/") and v is not None}
+    # A bar only for a run in this process on a terminal: launchers' workers share the terminal.
+    in_process = launcher is None or "BasicLauncher" in str(launcher.get("_target_", ""))
+    quiet = spec.quiet or bool(hc.verbose) or not in_process
     try:
-        rows = execute(spec, out_dir=out_dir, on_round=_log_round, choices=choices)
+        with RunProgress(spec.fl.num_rounds, spec.fl.clients_per_round, progress_enabled(quiet)) as progress:
+            def on_round(row: dict, s: RunSpec) -> None:
+                _log_round(row, s)  # the log line prints above the bar; the run's log file keeps it
+                progress.round_done(row)
+
+            rows = execute(spec, out_dir=out_dir, on_round=on_round, choices=choices,
+                           on_client=progress.client_callback)
     except ConfigError as exc:  # e.g. the run folder holds a different configuration
         print(f"fedbench: {exc}", file=sys.stderr)
         sys.exit(EXIT_BAD_CONFIG)
@@ -124,13 +135,14 @@ def main() -> None:
     except CommandLineError as exc:
         print(f"fedbench: {exc}", file=sys.stderr)
         sys.exit(EXIT_BAD_CONFIG)
+    load_registry()  # the components' structured configs, before Hydra composes
     try:
         _task()
     except KeyboardInterrupt as exc:
         print("fedbench: interrupted; completed rounds are in the run folder (metrics.csv, "
               "checkpoint/); run again with resume=<run folder> to continue", file=sys.stderr)
         sys.exit(128 + getattr(exc, "signum", 2))
-    if not split_argv(sys.argv[1:])[2]:  # not -m: no launcher (joblib, submitit) to shut down
+    if not is_multirun(sys.argv[1:]):  # not -m: no launcher (joblib, submitit) to shut down
         _exit_now(0)
 
 

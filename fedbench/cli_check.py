@@ -1,156 +1,178 @@
 """Check a command line before Hydra starts a job: bad input is one line, exit 2, no run folder.
 
 Hydra creates the run folder before calling the task and reports composition errors as
-multi-line messages. This composes every job the command line describes (the Cartesian product
-of sweeps in multirun mode, including ``hydra.sweeper.params`` from experiment files) with the
-Compose API and validates each, so an error names the key and what is allowed.
+multi-line messages. This reads the command line with Hydra's own argument parser and override
+grammar, expands a multirun sweep as Hydra's basic sweeper does (its ``split_arguments``, with
+``hydra.sweeper.params`` from experiment files first), composes every job with the Compose API
+and validates it. Composition errors are explained from the exceptions' fields (the missing
+option and the group's options; the key that does not exist and the selected option's keys),
+never by matching message texts.
 """
 
 from __future__ import annotations
 
-import itertools
-import re
+import dataclasses
 from pathlib import Path
 
 from hydra import compose, initialize_config_dir
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+from hydra._internal.utils import get_args_parser
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import HydraException, MissingConfigException, OverrideParseException
 from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException, ValidationError
 
-from fedbench.config import ConfigError, validate
+from fedbench import registry
+from fedbench.config import CONF_DIR, FLConfig, RunSettings, _type_text, load_registry, validate
+from fedbench.errors import ConfigError
+from fedbench.registry import describe_fields
 
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
-
-# Hydra flags after which no job runs (or that take a value we must skip over).
-_NO_JOB_FLAGS = {"--help", "-h", "--hydra-help", "--info", "-i", "--cfg", "-c", "--shell-completion",
-                 "-sc", "--version", "--resolve", "-p", "--package", "--experimental-rerun"}
-_VALUE_FLAGS = {"--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd"}
 MAX_CHECKED_JOBS = 2000
+BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
+
+__all__ = ["CONF_DIR", "CommandLineError", "check_command_line", "is_multirun"]
 
 
 class CommandLineError(Exception):
     """One line describing what is wrong with the command line."""
 
 
-def split_argv(argv: list[str]) -> tuple[list[str], dict, bool, bool]:
-    """(overrides, flag values, multirun?, runs a job?)"""
-    overrides, flags, multirun, runs_job = [], {}, False, True
-    it = iter(argv)
-    for arg in it:
-        if arg in ("-m", "--multirun"):
-            multirun = True
-        elif arg in _VALUE_FLAGS:
-            flags[arg] = next(it, None)
-        elif arg.split("=")[0] in _NO_JOB_FLAGS:
-            runs_job = False
-            if arg in ("--cfg", "-c", "--info", "-i", "--package", "-p", "--shell-completion", "-sc"):
-                next(it, None)  # these take a value
-        elif arg.startswith("-"):
-            continue
-        else:
-            overrides.append(arg)
-    return overrides, flags, multirun, runs_job
+def parse_args(argv: list[str]):
+    """Hydra's own reading of the command line (flags, ``-m``, overrides)."""
+    return get_args_parser().parse_args(argv)
 
 
-def _one_line(exc: BaseException, base_cfg=None) -> str:
-    """Hydra's (multi-line) composition error as one line; ``base_cfg`` lists known keys."""
-    text = str(exc)
-    missing = re.search(r"Could not find '([^']+)'", text)
-    if missing:
-        group, _, option = missing.group(1).rpartition("/")
-        opts = re.search(r"Available options in '[^']+':\n((?:\t.*\n?)*)", text)
-        allowed = ", ".join(o.strip() for o in opts.group(1).splitlines() if o.strip()) if opts else "none"
-        return f"{group.replace('/', '.')}={option}: unknown option for group '{group}'; allowed: {allowed}"
-    override = re.search(r"Could not override '([^']+)'", text)
-    if override:
-        key = override.group(1)
-        parent, _, _leaf = key.rpartition(".")
-        known = ""
-        if base_cfg is not None:
-            node = OmegaConf.select(base_cfg, parent) if parent else base_cfg
-            if OmegaConf.is_dict(node):
-                known = "; known keys" + (f" of {parent}" if parent else "") + ": " + ", ".join(map(str, node.keys()))
-        return f"{key}: unknown key{known}"
-    first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
-    return first
+def is_multirun(argv: list[str]) -> bool:
+    return bool(parse_args(argv).multirun)
 
 
-def job_overrides(overrides: list[str], multirun: bool, sweeper_params: dict | None) -> list[list[str]]:
-    """The override list of every job the command line launches."""
-    parser = OverridesParser.create()
+def _runs_job(args) -> bool:
+    return not (args.help or args.hydra_help or args.cfg or args.info or args.shell_completion
+                or args.experimental_rerun)
+
+
+def _parse(overrides: list[str]):
     try:
-        parsed = parser.parse_overrides(overrides)
-    except Exception as exc:  # noqa: BLE001 - hydra's grammar errors
-        raise CommandLineError(f"cannot parse the overrides {' '.join(overrides)!r}: {_one_line(exc)}") from None
-    if not multirun:
+        return OverridesParser.create().parse_overrides(overrides)
+    except OverrideParseException as exc:
+        raise CommandLineError(f"cannot parse the override {exc.override!r}: {exc.message}") from None
+
+
+def _section(key: str) -> tuple[str, str | None]:
+    """(the config group a key belongs to, the choice name Hydra records it under)."""
+    head = key.split(".")[0]
+    if head == "compression" and key.count(".") >= 1:
+        side = key.split(".")[1]
+        return f"compression.{side}", f"compression/{side}"
+    return head, head
+
+
+class _Explainer:
+    """Turns a failed composition of one job into one line."""
+
+    def __init__(self, config_name: str, job: list[str]) -> None:
+        self.config_name, self.job = config_name, job
+
+    def _without(self, key: str):
+        """The job composed without the overrides of ``key`` (to read what is selected)."""
+        keep = [o.input_line for o in _parse(self.job) if o.key_or_group != key]
+        try:
+            return compose(self.config_name, overrides=keep, return_hydra_config=True)
+        except HydraException:
+            return None
+
+    def _schema(self, key: str, base) -> tuple[type | None, str]:
+        """(the dataclass that holds ``key``'s section, how to name it)."""
+        group, choice_key = _section(key)
+        if group == "fl":
+            return FLConfig, "fl"
+        if group in registry.CONFIG_GROUPS and base is not None:
+            section = OmegaConf.select(base, group)
+            target = section.get("_target_") if OmegaConf.is_dict(section) else None
+            try:
+                entry = registry.lookup(target, group)
+            except ConfigError:
+                return None, group
+            option = base.hydra.runtime.choices.get(choice_key, entry.name)
+            return entry.cls, f"{group}={option}"
+        return None, group
+
+    def explain(self, exc: Exception) -> str:
+        if isinstance(exc, MissingConfigException):
+            missing = str(exc.missing_cfg_file or "")
+            group, _, option = missing.rpartition("/")
+            if group and exc.options is not None:
+                return (f"{group.replace('/', '.')}={option}: unknown option for group '{group}'; "
+                        f"allowed: {', '.join(exc.options) or 'none'}")
+            return str(exc).strip().splitlines()[0]
+        cause = exc.__cause__
+        if isinstance(cause, OmegaConfBaseException) and cause.full_key:
+            key = str(cause.full_key)
+            base = self._without(key)
+            schema, label = self._schema(key, base)
+            leaf = key.rsplit(".", 1)[-1]
+            if isinstance(cause, ValidationError) and schema is not None:
+                fields = {f.name: f for f in dataclasses.fields(schema)}
+                if leaf in fields:
+                    return f"{key}={cause.value!r}: must be {_type_text(fields[leaf].type)}"
+            if isinstance(cause, ValidationError):
+                return f"{key}: {str(cause).splitlines()[0]}"
+            if schema is not None:
+                return f"{key}: unknown key for {label}; its keys: {describe_fields(schema)}"
+            if "." not in key:
+                groups = ", ".join([*registry.CONFIG_GROUPS, "fl"])
+                return (f"{key}: unknown key; top-level keys: {describe_fields(RunSettings)}; "
+                        f"sections: {groups}")
+            return f"{key}: unknown key"
+        text = str(exc).strip()
+        return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _jobs(config_name: str, args, parsed) -> list[list[str]]:
+    """The override list of every job the command line launches."""
+    overrides = list(args.overrides)
+    if not args.multirun:
         for ov in parsed:
             if ov.is_sweep_override():
                 raise CommandLineError(f"{ov.input_line}: a sweep needs multirun mode (add -m)")
         return [overrides]
-    by_key: dict[str, list[str]] = {}
-    if sweeper_params:
-        for key, value in sweeper_params.items():
-            try:
-                ov = parser.parse_override(f"{key}={value}")
-            except Exception as exc:  # noqa: BLE001
-                raise CommandLineError(f"hydra.sweeper.params.{key}: {_one_line(exc)}") from None
-            by_key[ov.get_key_element()] = _values(ov)
-    for ov in parsed:
-        by_key[ov.get_key_element()] = _values(ov)  # the command line wins over the config
-    keys = list(by_key)
-    return [[f"{k}={v}" if not k.startswith("~") else k for k, v in zip(keys, combo)]
-            for combo in itertools.product(*(by_key[k] for k in keys))]
-
-
-def _values(ov) -> list[str]:
-    if not ov.is_sweep_override():
-        return [ov.get_value_element_as_str()]
-    if not ov.is_discrete_sweep():
-        raise CommandLineError(f"{ov.input_line}: only choice and range sweeps are supported by fedbench's check")
-    return list(ov.sweep_string_iterator())
+    fixed = [o.input_line for o in parsed if not o.is_sweep_override()]
+    try:
+        head = compose(config_name, overrides=fixed, return_hydra_config=True)
+    except HydraException as exc:
+        raise CommandLineError(_Explainer(config_name, fixed).explain(exc)) from None
+    if head.hydra.sweeper.get("_target_") != BASIC_SWEEPER:
+        return [fixed]  # another sweeper (e.g. optuna) picks the values: check the fixed part
+    node = head.hydra.sweeper.get("params")
+    params = OmegaConf.to_container(node, resolve=False) if node is not None else {}
+    spec = [f"{k}={v}" for k, v in params.items()] + overrides  # as BasicSweeper.sweep orders them
+    try:
+        return BasicSweeper.split_arguments(_parse(spec), None)[0]
+    except HydraException as exc:
+        raise CommandLineError(str(exc).splitlines()[0]) from None
 
 
 def check_command_line(argv: list[str]) -> None:
     """Raise :class:`CommandLineError` if any job of this command line cannot run."""
-    overrides, flags, multirun, runs_job = split_argv(argv)
-    if not runs_job:
-        return
-    conf_dir = Path(flags.get("--config-dir") or flags.get("-cd") or CONF_DIR).resolve()
-    config_name = flags.get("--config-name") or flags.get("-cn") or "config"
-    if "--config-path" in flags or "-cp" in flags:
-        return  # a different primary config: leave it to Hydra
-    job_overrides(overrides, multirun, None)  # syntax first: grammar errors, sweeps without -m
+    args = parse_args(argv)
+    if not _runs_job(args) or args.config_path:
+        return  # no job runs, or a different primary config: leave it to Hydra
+    conf_dir = Path(args.config_dir or CONF_DIR).resolve()
+    config_name = args.config_name or "config"
+    parsed = _parse(list(args.overrides))  # grammar first
+    load_registry()
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=str(conf_dir), version_base="1.3"):
-            def base_cfg():  # only composed to explain an error
-                return compose(config_name)
-
-            jobs = [overrides]
-            if multirun:
-                fixed = [o for o in overrides if not _is_sweep(o)]
-                try:
-                    head = compose(config_name, overrides=fixed, return_hydra_config=True)
-                except Exception as exc:  # noqa: BLE001
-                    raise CommandLineError(_one_line(exc, base_cfg())) from None
-                node = OmegaConf.select(head, "hydra.sweeper.params")
-                params = OmegaConf.to_container(node) if node is not None else None
-                jobs = job_overrides(overrides, multirun, params)
-            for job in jobs[:MAX_CHECKED_JOBS]:
+            for job in _jobs(config_name, args, parsed)[:MAX_CHECKED_JOBS]:
                 try:
                     cfg = compose(config_name, overrides=job)
-                except Exception as exc:  # noqa: BLE001
-                    raise CommandLineError(_one_line(exc, base_cfg())) from None
+                except HydraException as exc:
+                    raise CommandLineError(_Explainer(config_name, job).explain(exc)) from None
                 try:
                     validate(cfg)
                 except ConfigError as exc:
                     raise CommandLineError(str(exc)) from None
     finally:
         GlobalHydra.instance().clear()
-
-
-def _is_sweep(text: str) -> bool:
-    try:
-        return OverridesParser.create().parse_override(text).is_sweep_override()
-    except Exception:  # noqa: BLE001 - reported later by the full parse
-        return False

@@ -1,9 +1,11 @@
-"""Config schemas and validation.
+"""Run settings, config validation and the config's identity (hash).
 
-Every component (model, method, data, strategy, codec) is a dataclass named by the ``_target_``
-of its YAML file; that dataclass *is* its schema. :func:`instantiate` merges a YAML section into
-it (catching unknown keys and wrong types) and its ``__post_init__`` checks values, so a bad
-config fails with one :class:`ConfigError` line before any training starts.
+Every component is a registered dataclass (:mod:`fedbench.registry`) whose fields are its
+settings and defaults; :func:`validate` builds each one from its section of a composed config
+(unknown keys, wrong types and bad values fail with one :class:`ConfigError` line naming the
+selected option and its keys) and runs the cross-component checks, before any training.
+:class:`RunSettings` and :class:`FLConfig` are the top level and the ``fl`` section, stored the
+same way (``/fedbench/run``, ``/fedbench/fl``) so ``conf/config.yaml`` does not repeat them.
 """
 
 from __future__ import annotations
@@ -11,24 +13,55 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import re
 from dataclasses import dataclass, field
-from typing import Any, List
+from pathlib import Path
+from typing import Any, List, Optional
 
-from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
+
+from fedbench import registry
+from fedbench.errors import ConfigError
+from fedbench.registry import CONFIG_GROUPS, check_choices, choice, describe_fields
+
+__all__ = ["ConfigError", "FLConfig", "RunSettings", "RunSpec", "validate", "config_hash", "compose",
+           "CONF_DIR"]
 
 COMPONENT_GROUPS = ("model", "method", "data", "strategy")
 
 
-class ConfigError(ValueError):
-    """A config value that cannot run. ``str()`` is one line naming the key and what is allowed."""
+def _conf_dir() -> Path:
+    """``conf/``: inside the installed package (a wheel), else the source checkout's top level."""
+    here = Path(__file__).resolve().parent
+    packaged = here / "conf"
+    return packaged if (packaged / "config.yaml").is_file() else here.parent / "conf"
 
-    def __init__(self, key: str, allowed: str, value: Any = dataclasses.MISSING) -> None:
-        self.key, self.allowed, self.value = key, allowed, value
-        shown = "" if value is dataclasses.MISSING else f"={value!r}"
-        super().__init__(f"{key}{shown}: {allowed}")
+
+CONF_DIR = _conf_dir()
+
+
+@dataclass
+class RunSettings:
+    """The top-level settings of a run (beside the component groups and ``fl``)."""
+
+    seed: int = 42
+    # torch intra-op threads; null = torch's default (the tutorial's numbers are 2-thread numbers
+    # on a 2-core machine). Thread count changes float rounding; it is recorded in summary.json.
+    threads: Optional[int] = None  # noqa: UP045 (OmegaConf)
+    # Continue a run folder that already holds this config: skip it if complete, else resume from
+    # its last checkpoint (bit for bit). On the command line, resume=PATH continues run folder PATH.
+    resume: bool = True
+    checkpoint_every: int = 1  # rounds between checkpoints (0 = none); the last round always saves
+    quiet: bool = False  # no progress bar (the per-round log lines stay)
+
+    def __post_init__(self) -> None:
+        if self.seed < 0:
+            raise ConfigError("seed", "must be an integer >= 0", self.seed)
+        if self.threads is not None and self.threads < 1:
+            raise ConfigError("threads", "must be null (torch's default) or an integer >= 1", self.threads)
+        if self.checkpoint_every < 0:
+            raise ConfigError("checkpoint_every", "must be an integer >= 0 (0 = no checkpoints)",
+                              self.checkpoint_every)
 
 
 @dataclass
@@ -41,25 +74,26 @@ class FLConfig:
     local_epochs: int = 2
     batch_size: int = 16
     lr: float = 0.001
-    weight_decay: float = 0.01
+    weight_decay: float = 0.01  # torch.optim.AdamW's default, as in the tutorial
     # Client selection draws from numpy's legacy RandomState with this seed. The tutorial's test
     # set reseeds numpy's global RNG with 999 last, so its selection always starts from 999.
     sampling_seed: int = 999
     eval_batch_size: int = 64
     # Use a model's hand-written training step when it has one (bit-identical to autograd).
     fast_step: bool = True
-    # "exact" (bit-exact with the tutorial) or "vectorized" (all selected clients at once).
-    engine: str = "exact"
+    # exact: bit-exact with the tutorial; vectorized: all selected clients train at once.
+    engine: str = choice("exact", ("exact", "vectorized"))
     # Head-only training on a frozen backbone: compute backbone features once and cache them.
     feature_cache: bool = True
-    # Client sampling: "uniform" (the tutorial) or "weighted" by local data size.
-    sampling: str = "uniform"
+    # Client sampling: uniform (the tutorial) or weighted by local data size.
+    sampling: str = choice("uniform", ("uniform", "weighted"))
     # Probability that a selected client trains but its update never arrives.
     dropout: float = 0.0
     # Injected faults, "KIND:CLIENT:ROUND" (see fedbench.fl.faults).
     faults: List[str] = field(default_factory=list)  # noqa: UP006 (OmegaConf)
 
     def __post_init__(self) -> None:
+        check_choices(self, "fl")
         for key in ("num_rounds", "num_clients", "clients_per_round", "local_epochs", "batch_size",
                     "eval_batch_size"):
             if getattr(self, key) < 1:
@@ -72,10 +106,6 @@ class FLConfig:
             raise ConfigError("fl.lr", "must be a float > 0", self.lr)
         if self.weight_decay < 0:
             raise ConfigError("fl.weight_decay", "must be a float >= 0", self.weight_decay)
-        if self.engine not in ("exact", "vectorized"):
-            raise ConfigError("fl.engine", "must be one of: exact, vectorized", self.engine)
-        if self.sampling not in ("uniform", "weighted"):
-            raise ConfigError("fl.sampling", "must be one of: uniform, weighted", self.sampling)
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError("fl.dropout", "must be a probability in [0, 1)", self.dropout)
         from fedbench.fl.faults import parse_fault
@@ -84,6 +114,39 @@ class FLConfig:
             parse_fault(spec)
         if self.sampling_seed < 0:
             raise ConfigError("fl.sampling_seed", "must be an integer >= 0", self.sampling_seed)
+
+
+def _store_settings() -> None:
+    from hydra.core.config_store import ConfigStore
+
+    cs = ConfigStore.instance()
+    # Top level: a plain node (the primary config also holds the groups); fl: typed.
+    cs.store(group="fedbench", name="run", node=OmegaConf.create(dataclasses.asdict(RunSettings())),
+             provider="fedbench")
+    cs.store(group="fedbench", name="fl", node=FLConfig, provider="fedbench")
+
+
+def load_registry() -> None:
+    """Make every component and setting available to Hydra (call before composing)."""
+    registry.load()
+    _store_settings()
+
+
+def compose(overrides: list[str] | tuple[str, ...] = (), config_name: str = "config",
+            return_hydra_config: bool = False) -> DictConfig:
+    """Compose fedbench's config with overrides, as the CLI does (for Python, tests, notebooks)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    load_registry()
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            return hydra_compose(config_name, overrides=list(overrides),
+                                 return_hydra_config=return_hydra_config)
+    finally:
+        GlobalHydra.instance().clear()
 
 
 @dataclass
@@ -102,96 +165,135 @@ class RunSpec:
     compression_up: Any
     compression_down: Any
     resolved: dict = field(repr=False)
+    quiet: bool = False
 
     @property
     def config_hash(self) -> str:
         return config_hash(self.resolved)
 
 
+# How a run is executed, not what it computes: left out of its identity.
+EXECUTION_KEYS = ("threads", "resume", "checkpoint_every", "quiet")
+
+
+def _non_default(section: dict, cls: type) -> dict:
+    """A component section without the fields that equal the dataclass's default."""
+    defaults = {}
+    for f in dataclasses.fields(cls):
+        if f.default is not dataclasses.MISSING:
+            defaults[f.name] = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            defaults[f.name] = f.default_factory()
+    return {k: v for k, v in section.items() if k not in defaults or defaults[k] != v}
+
+
+def canonical(resolved: dict) -> dict:
+    """The identity of a resolved config: execution keys dropped, and every component field or
+    ``fl`` setting that equals its dataclass default left out. A field added later with a
+    default therefore leaves the identity of runs that keep it at the default unchanged."""
+    ident = {k: v for k, v in resolved.items() if k not in EXECUTION_KEYS}
+    if isinstance(ident.get("fl"), dict):
+        ident["fl"] = _non_default(ident["fl"], FLConfig)
+    for key in CONFIG_GROUPS:
+        head, _, side = key.partition(".")
+        parent = ident.get(head)
+        section = parent.get(side) if side and isinstance(parent, dict) else parent
+        if not isinstance(section, dict) or "_target_" not in section:
+            continue
+        try:
+            entry = registry.lookup(section["_target_"], key)
+        except ConfigError:  # an unknown or retired component: keep its section whole
+            continue
+        slim = _non_default(section, entry.cls)
+        if side:
+            ident[head] = {**ident[head], side: slim}
+        else:
+            ident[head] = slim
+    return ident
+
+
 def config_hash(resolved: dict) -> str:
-    """Identity of a resolved config: sha256 of its canonical JSON, minus ``threads``.
-
-    Thread count is recorded separately (it changes float rounding, not the experiment);
-    ``resume``/``checkpoint_every`` say how a run is executed, not what it computes.
-    """
-    ident = {k: v for k, v in resolved.items() if k not in ("threads", "resume", "checkpoint_every")}
-    return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:12]
+    """sha256 (12 hex digits) of the canonical JSON of :func:`canonical`."""
+    return hashlib.sha256(json.dumps(canonical(resolved), sort_keys=True).encode()).hexdigest()[:12]
 
 
-def _merge_into(schema: type, section: Any, key: str) -> Any:
-    """Merge a config section into a dataclass schema and build the instance."""
+def _option(entry: registry.Entry, key: str) -> str:
+    return f"{key}={entry.name}"
+
+
+def _type_text(annotation: Any) -> str:
+    """``Optional[int]`` -> ``an integer or null``: a field's type as an error message says it."""
+    text = annotation if isinstance(annotation, str) else getattr(annotation, "__name__", str(annotation))
+    optional = text.startswith("Optional[")
+    inner = text[len("Optional["):-1] if optional else text
+    words = {"int": "an integer", "float": "a float", "bool": "true or false", "str": "a string",
+             "List[str]": "a list of strings", "List[int]": "a list of integers"}
+    out = words.get(inner, f"of type {inner}")
+    return f"{out} or null" if optional else out
+
+
+def _merge_into(schema: type, section: Any, key: str, label: str | None = None) -> Any:
+    """Build a dataclass from a config section; one-line errors name the key and the schema's
+    keys (``label``: how to name the selected option, e.g. ``method=lora``)."""
+    label = label or key
     try:
-        base = OmegaConf.structured(schema)
-        merged = OmegaConf.merge(base, section)
-        return OmegaConf.to_object(merged)
+        return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schema), section))
     except ConfigError:
         raise
     except OmegaConfBaseException as exc:
-        sub = getattr(exc, "key", None)
-        full = f"{key}.{sub}" if sub else key
-        reason = str(exc).splitlines()[0]
-        if "not in struct" in reason or re.search(r"Key '.*' not in '", reason) or "not in the dataclass" in reason or "has no attribute" in reason:
-            known = ", ".join(f.name for f in dataclasses.fields(schema))
-            raise ConfigError(full, f"unknown key; known keys of {key}: {known}") from None
-        conv = re.match(r"Value '(.*)' of type '(\w+)' could not be converted to (\w+)", reason)
-        if conv:
-            raise ConfigError(full, f"must be of type {conv.group(3).lower()}", conv.group(1)) from None
-        raise ConfigError(full, reason) from None
+        sub = str(exc.key) if getattr(exc, "key", None) is not None else None
+        full = ".".join(p for p in (key, sub) if p) or "config"
+        names = {f.name: f for f in dataclasses.fields(schema)}
+        if sub is not None and sub not in names:
+            raise ConfigError(full, f"unknown key for {label}; its keys: {describe_fields(schema)}") from None
+        if sub in names:
+            raise ConfigError(full, f"must be {_type_text(names[sub].type)}", getattr(exc, "value", None)) from None
+        raise ConfigError(full, str(exc).splitlines()[0]) from None
 
 
 def instantiate(section: Any, key: str) -> Any:
-    """Build the component a config section names with ``_target_``."""
+    """Build the registered component a config section names with ``_target_``."""
     if not isinstance(section, (dict, DictConfig)) or "_target_" not in section:
         raise ConfigError(key, "must be a config group option with a _target_")
     data = OmegaConf.to_container(section, resolve=True) if isinstance(section, DictConfig) else dict(section)
-    target = data.pop("_target_")
-    try:
-        cls = get_class(target)
-    except Exception:  # noqa: BLE001 - hydra raises several kinds here
-        raise ConfigError(f"{key}._target_", "names no importable class", target) from None
-    if not dataclasses.is_dataclass(cls):
-        raise ConfigError(f"{key}._target_", "must name a dataclass component", target)
-    return _merge_into(cls, data, key)
+    entry = registry.lookup(data.pop("_target_"), key)
+    obj = _merge_into(entry.cls, data, key, _option(entry, key))
+    check_choices(obj, key)
+    return obj
 
 
 def validate(cfg: DictConfig | dict) -> RunSpec:
     """Check a composed config and build its components. Raises :class:`ConfigError`."""
+    load_registry()
     if isinstance(cfg, dict):
         cfg = OmegaConf.create(cfg)
     try:
         resolved = OmegaConf.to_container(cfg, resolve=True)
     except OmegaConfBaseException as exc:
         raise ConfigError(str(getattr(exc, "full_key", "config")), str(exc).splitlines()[0]) from None
-    allowed_top = {"seed", "threads", "resume", "checkpoint_every", "fl", "compression", *COMPONENT_GROUPS}
+    settings_keys = [f.name for f in dataclasses.fields(RunSettings)]
+    allowed_top = {*settings_keys, "fl", "compression", *COMPONENT_GROUPS}
     for key in resolved:
         if key not in allowed_top:
             raise ConfigError(key, f"unknown key; known top-level keys: {', '.join(sorted(allowed_top))}")
-    for key in ("seed", "fl", "compression", *COMPONENT_GROUPS):
+    for key in ("fl", "compression", *COMPONENT_GROUPS):
         if key not in resolved:
             raise ConfigError(key, "is missing")
-    seed = resolved["seed"]
-    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
-        raise ConfigError("seed", "must be an integer >= 0", seed)
-    threads = resolved.get("threads")
-    if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool) or threads < 1):
-        raise ConfigError("threads", "must be null (torch's default) or an integer >= 1", threads)
-    resume = resolved.get("resume", True)
-    if not isinstance(resume, bool):
-        raise ConfigError("resume", "must be true or false (or, on the command line, a run folder)", resume)
-    every = resolved.get("checkpoint_every", 1)
-    if not isinstance(every, int) or isinstance(every, bool) or every < 0:
-        raise ConfigError("checkpoint_every", "must be an integer >= 0 (0 = no checkpoints)", every)
+    settings = _merge_into(RunSettings, {k: resolved[k] for k in settings_keys if k in resolved}, "",
+                           "the run's top level")
     fl = _merge_into(FLConfig, resolved["fl"], "fl")
     comps = {k: instantiate(resolved[k], k) for k in COMPONENT_GROUPS}
-    # Cross-component checks (e.g. the model's classes cover the data's labels), before training.
-    for comp in comps.values():
-        check = getattr(comp, "check_compatible", None)
-        if check is not None:
-            check(comps, fl)
     comp = resolved["compression"]
     if not isinstance(comp, dict) or set(comp) != {"up", "down"}:
         raise ConfigError("compression", "must have exactly the keys 'up' and 'down'")
     up = instantiate(comp["up"], "compression.up")
     down = instantiate(comp["down"], "compression.down")
-    return RunSpec(seed=seed, threads=threads, resume=resume, checkpoint_every=every, fl=fl, compression_up=up, compression_down=down,
-                   resolved=resolved, **comps)
+    if down.delta:
+        raise ConfigError("compression.down", f"{type(down).__name__} sends changes against per-receiver "
+                          "state, which the downlink does not keep; use none, fp16, bf16 or int8")
+    # Cross-component checks (e.g. the model's classes cover the data's labels), before training.
+    for c in comps.values():
+        c.check_compatible(comps, fl)
+    return RunSpec(seed=settings.seed, threads=settings.threads, resume=settings.resume,
+                   checkpoint_every=settings.checkpoint_every, quiet=settings.quiet, fl=fl,
+                   compression_up=up, compression_down=down, resolved=resolved, **comps)

@@ -1,14 +1,13 @@
-"""Save a fedbench-trained LoRA on a Hugging Face encoder in PEFT's format.
+"""Save a fedbench-trained method on a Hugging Face encoder in PEFT's format.
 
 ``python -m fedbench.peft_export RUN_DIR OUT_DIR`` rebuilds the run's model from its
 ``summary.json`` config, loads the global trainable state of its last checkpoint and writes:
 
-- ``adapter_config.json`` + ``adapter_model.safetensors``: a PEFT LoRA adapter for the backbone
+- ``adapter_config.json`` + ``adapter_model.safetensors``: a PEFT adapter for the backbone
   (``transformers.AutoModel`` of ``base_model_name_or_path``), loadable with
-  ``peft.PeftModel.from_pretrained(AutoModel.from_pretrained(base), OUT_DIR)``. fedbench's
-  factors are ``A``: in x r and ``B``: r x out with output ``W x + x A B * alpha / r``; PEFT stores
-  ``lora_A.weight`` = A^T (r x in) and ``lora_B.weight`` = B^T (out x r) with scaling
-  ``lora_alpha / r``: the same function.
+  ``peft.PeftModel.from_pretrained(AutoModel.from_pretrained(base), OUT_DIR)``. What the adapter
+  holds comes from the method's ``peft_adapter(model)`` hook (:class:`fedbench.contracts.Method`),
+  so a method with a PEFT counterpart exports without changes here; one without is refused.
 - ``head.safetensors`` (``weight``, ``bias``) + ``fedbench_head.json``: the classification head and
   how features reach it (pooling over ``input_ids != pad_id``), which PEFT's adapter does not hold.
 - ``base_model/``: only for a randomly initialised backbone (``tiny_bert``), whose weights exist
@@ -28,7 +27,7 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from fedbench.methods.lora import LoRALinear
+from fedbench.contracts import Method
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -36,56 +35,24 @@ HEAD_WEIGHTS = "head.safetensors"
 HEAD_CONFIG = "fedbench_head.json"
 
 
-def lora_modules(model: nn.Module) -> dict[str, LoRALinear]:
-    """Backbone-relative module name -> LoRA wrapper (the names PEFT sees on the backbone)."""
-    backbone = model.backbone
-    return {name: m for name, m in backbone.named_modules() if isinstance(m, LoRALinear)}
-
-
-def export_lora(model: nn.Module, out_dir: str | Path, base_model_name_or_path: str | None = None,
+def export_peft(model: nn.Module, method: Method, out_dir: str | Path, base_model_name_or_path: str | None = None,
                 save_base: bool = False) -> Path:
-    """Write ``model``'s LoRA factors (and head) in PEFT's format; return ``out_dir``."""
-    mods = lora_modules(model)
-    if not mods:
-        raise ValueError("the model holds no LoRA modules (was it trained with method=lora?)")
-    ranks = {m.lora_A.shape[1] for m in mods.values()}
-    scales = {m.scale for m in mods.values()}
-    if len(ranks) != 1 or len(scales) != 1:
-        raise ValueError(f"mixed LoRA ranks/scales {ranks}/{scales}: PEFT's config holds one of each")
-    rank, scale = ranks.pop(), scales.pop()
+    """Write ``model``'s trained method (and head) in PEFT's format; return ``out_dir``."""
+    adapter = method.peft_adapter(model)
+    if adapter is None:
+        raise ValueError(f"{type(method).__name__} on a {model.architecture!r} model has no PEFT counterpart "
+                         "to export to")
+    config, weights = adapter
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     if save_base:
         base = _plain_backbone(model)
         base.save_pretrained(out / "base_model", safe_serialization=True)
         base_model_name_or_path = str((out / "base_model").resolve())
-    tensors = {}
-    for name, m in mods.items():
-        key = f"base_model.model.{name}"
-        tensors[f"{key}.lora_A.weight"] = m.lora_A.detach().t().contiguous().clone()
-        tensors[f"{key}.lora_B.weight"] = m.lora_B.detach().t().contiguous().clone()
+    tensors = {f"base_model.model.{k}": v for k, v in weights.items()}
     save_file(tensors, str(out / ADAPTER_WEIGHTS), metadata={"format": "pt"})
-    config = {
-        "peft_type": "LORA",
-        "task_type": "FEATURE_EXTRACTION",
-        "base_model_name_or_path": base_model_name_or_path,
-        "r": rank,
-        "lora_alpha": scale * rank,
-        "lora_dropout": 0.0,
-        "target_modules": sorted(mods),
-        "bias": "none",
-        "fan_in_fan_out": False,
-        "modules_to_save": None,
-        "init_lora_weights": True,
-        "use_rslora": False,
-        "use_dora": False,
-        "inference_mode": True,
-        "layers_to_transform": None,
-        "layers_pattern": None,
-        "rank_pattern": {},
-        "alpha_pattern": {},
-        "revision": None,
-    }
+    config = {"task_type": "FEATURE_EXTRACTION", "base_model_name_or_path": base_model_name_or_path,
+              "inference_mode": True, "revision": None, "modules_to_save": None, **config}
     (out / ADAPTER_CONFIG).write_text(json.dumps(config, indent=2) + "\n")
     head = model.head
     save_file({"weight": head.weight.detach().contiguous().clone(), "bias": head.bias.detach().contiguous().clone()},
@@ -100,12 +67,13 @@ def export_lora(model: nn.Module, out_dir: str | Path, base_model_name_or_path: 
 
 
 def _plain_backbone(model: nn.Module) -> nn.Module:
-    """A copy of the backbone with every LoRA wrapper replaced by its frozen base Linear."""
+    """A copy of the backbone with every method wrapper (a fedbench module holding the frozen
+    original as ``base``) replaced by that original."""
     import copy
 
     backbone = copy.deepcopy(model.backbone)
     for name, m in list(backbone.named_modules()):
-        if isinstance(m, LoRALinear):
+        if type(m).__module__.startswith("fedbench.methods.") and isinstance(getattr(m, "base", None), nn.Module):
             parent_name, _, child = name.rpartition(".")
             parent = backbone.get_submodule(parent_name) if parent_name else backbone
             setattr(parent, child, m.base)
@@ -147,14 +115,14 @@ def export_run(run_dir: str | Path, out_dir: str | Path) -> Path:
     state.load({n: tensors[f"global/{n}"] for n in state.names})
     pretrained = isinstance(spec.model, HFEncoder)
     base = str(spec.model.folder()) if pretrained else None
-    out = export_lora(model, out_dir, base_model_name_or_path=base, save_base=not pretrained)
-    print(f"round {meta['round']} of {run}: LoRA on {len(lora_modules(model))} modules -> {out}")
+    out = export_peft(model, spec.method, out_dir, base_model_name_or_path=base, save_base=not pretrained)
+    print(f"round {meta['round']} of {run}: {type(spec.method).__name__} -> {out}")
     return out
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m fedbench.peft_export", description=__doc__.splitlines()[0])
-    p.add_argument("run_dir", help="a fedbench run folder (method=lora on minilm, tiny_bert or model.path=...)")
+    p.add_argument("run_dir", help="a fedbench run folder (a method with a PEFT counterpart on minilm, tiny_bert or model.path=...)")
     p.add_argument("out_dir", help="where to write adapter_config.json, adapter_model.safetensors, head")
     args = p.parse_args(argv)
     try:

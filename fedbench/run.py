@@ -19,8 +19,10 @@ import torch
 from omegaconf import DictConfig
 
 import fedbench
-from fedbench import checkpoint
-from fedbench.config import ConfigError, RunSpec, validate
+from fedbench import checkpoint, registry
+from fedbench.registry import CONFIG_GROUPS
+from fedbench.config import RunSpec, config_hash, validate
+from fedbench.errors import ConfigError
 from fedbench.fl.faults import FaultPlan
 from fedbench.fl.state import FlatParams
 from fedbench.fl.vectorized import make_engine
@@ -70,14 +72,16 @@ def build(spec: RunSpec):
 
 
 def component_names(resolved: dict) -> dict:
-    """Group -> option name guessed from ``_target_`` (used when Hydra's choices are unknown)."""
+    """Group -> registered component name (used when Hydra's choices are unknown)."""
     out = {}
-    for group in ("model", "method", "data", "strategy"):
-        target = resolved.get(group, {}).get("_target_", "")
-        out[group] = target.rsplit(".", 1)[-1]
-    comp = resolved.get("compression", {})
-    for side in ("up", "down"):
-        out[f"compression.{side}"] = comp.get(side, {}).get("_target_", "").rsplit(".", 1)[-1]
+    for key in CONFIG_GROUPS:
+        head, _, side = key.partition(".")
+        section = resolved.get(head, {})
+        section = section.get(side, {}) if side else section
+        try:
+            out[key] = registry.lookup(section.get("_target_"), key).name
+        except ConfigError:
+            out[key] = str(section.get("_target_", "")).rsplit(".", 1)[-1]
     return out
 
 
@@ -122,6 +126,14 @@ def _read_rows(csv_path: Path, up_to_round: int) -> list[dict]:
     return rows
 
 
+def _stored_hash(record: dict) -> str | None:
+    """The identity of the config a summary or checkpoint recorded, recomputed with today's
+    schemas when the config itself is there (so a field added since, left at its default,
+    does not make an old run folder foreign); else the hash it recorded."""
+    config = record.get("config")
+    return config_hash(config) if isinstance(config, dict) else record.get("config_hash")
+
+
 def _mismatch(out: Path, found: str, spec: RunSpec) -> ConfigError:
     return ConfigError("resume", f"run folder {out} holds a different configuration (config_hash "
                        f"{found}, this run {spec.config_hash}); use another folder or resume=false",
@@ -136,21 +148,24 @@ def _start_fresh(out: Path) -> None:
 
 def run(cfg: DictConfig | dict | RunSpec, out_dir: str | Path | None = None,
         on_round: Callable[[dict, RunSpec], None] | None = None,
-        choices: dict | None = None) -> pd.DataFrame:
+        choices: dict | None = None,
+        on_client: Callable[[int, int, int], None] | None = None) -> pd.DataFrame:
     """Run one configuration; write the run-folder files into ``out_dir`` when given.
 
     With ``resume`` (the default) and an ``out_dir`` that already holds this configuration:
     a complete result is returned as is, and a checkpoint is continued from, bit for bit.
     ``choices`` (group -> option name, e.g. ``{"method": "lora"}``; the CLI passes Hydra's)
     is recorded in ``summary.json`` as the run's identity for reports. Returns the metrics
-    table (one row per completed round).
+    table (one row per completed round). ``on_round(row, spec)`` is called after each round,
+    ``on_client(round, clients done, clients selected)`` as clients finish local training.
     """
-    return frame(execute(cfg, out_dir, on_round, choices))
+    return frame(execute(cfg, out_dir, on_round, choices, on_client))
 
 
 def execute(cfg: DictConfig | dict | RunSpec, out_dir: str | Path | None = None,
             on_round: Callable[[dict, RunSpec], None] | None = None,
-            choices: dict | None = None) -> list[dict]:
+            choices: dict | None = None,
+            on_client: Callable[[int, int, int], None] | None = None) -> list[dict]:
     """:func:`run` returning the metrics rows as dicts (the CLI's path: no pandas import)."""
     spec = cfg if isinstance(cfg, RunSpec) else validate(cfg)
     out = Path(out_dir) if out_dir is not None else None
@@ -160,14 +175,14 @@ def execute(cfg: DictConfig | dict | RunSpec, out_dir: str | Path | None = None,
             summary_path = out / SUMMARY_JSON
             if summary_path.is_file():
                 done = json.loads(summary_path.read_text())
-                if done.get("config_hash") != spec.config_hash:
-                    raise _mismatch(out, done.get("config_hash"), spec)
+                if _stored_hash(done) != spec.config_hash:
+                    raise _mismatch(out, _stored_hash(done), spec)
                 if done.get("status") == "complete" and (out / METRICS_PARQUET).is_file():
                     log.info("%s already holds this run's complete result; skipping", out)
                     return read_parquet_rows(out / METRICS_PARQUET)
             saved = checkpoint.load(out)
-            if saved is not None and saved[1].get("config_hash") != spec.config_hash:
-                raise _mismatch(out, saved[1].get("config_hash"), spec)
+            if saved is not None and _stored_hash(saved[1]) != spec.config_hash:
+                raise _mismatch(out, _stored_hash(saved[1]), spec)
         if saved is None:
             _start_fresh(out)
 
@@ -175,6 +190,7 @@ def execute(cfg: DictConfig | dict | RunSpec, out_dir: str | Path | None = None,
     started = _now()
     data, model, state = build(spec)
     engine = make_engine(spec, model, state, data, faults=FaultPlan.from_config(spec.fl.faults))
+    engine.on_client = on_client
     rows: list[dict] = []
     resumed_from = None
     if saved is not None:
@@ -201,7 +217,8 @@ def execute(cfg: DictConfig | dict | RunSpec, out_dir: str | Path | None = None,
                 last = engine.round == spec.fl.num_rounds
                 if out is not None and every and (engine.round % every == 0 or last or diverged):
                     tensors, meta = engine.state_dict()
-                    checkpoint.save(out, tensors, {**meta, "config_hash": spec.config_hash})
+                    checkpoint.save(out, tensors, {**meta, "config_hash": spec.config_hash,
+                                                   "config": spec.resolved})
                 if on_round is not None:
                     on_round(row, spec)
                 if diverged:

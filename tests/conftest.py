@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
+
+from fedbench.config import compose
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
@@ -19,9 +19,7 @@ FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
 
 def compose_cfg(overrides: list[str] | tuple[str, ...] = ()):
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose("config", overrides=list(overrides))
+    return compose(list(overrides))
 
 
 def seed_fixture() -> dict:

@@ -155,7 +155,8 @@ def test_bert_head_only_cached_matches_uncached():
             model, data = cache_features(model, data)
         spec = validate(compose_cfg(["fl.num_clients=4", "fl.clients_per_round=2", "fl.batch_size=8"]))
         return Engine(model=model, state=state, data=data, fl=spec.fl, strategy=spec.strategy,
-                      codec_up=spec.compression_up, codec_down=spec.compression_down)
+                      codec_up=spec.compression_up, codec_down=spec.compression_down,
+                    method=spec.method)
 
     plain = setup(False)
     rows_a = [plain.run_round() for _ in range(3)]

@@ -29,7 +29,8 @@ def _setup(method: str, extra=()):
     spec = validate(compose_cfg([*SMALL, f"method={method}", *extra]))
     data, model, state = build(spec)
     engine = Engine(model=model, state=state, data=data, fl=spec.fl, strategy=spec.strategy,
-                    codec_up=spec.compression_up, codec_down=spec.compression_down)
+                    codec_up=spec.compression_up, codec_down=spec.compression_down,
+                    method=spec.method)
     return spec, model, state, engine
 
 

@@ -10,7 +10,7 @@ from conftest import compose_cfg, run_cli
 
 from fedbench.config import validate
 from fedbench.fl.engine import Engine
-from fedbench.peft_export import export_lora, load_head, pool
+from fedbench.peft_export import export_peft, load_head, pool
 from fedbench.run import build
 
 peft = pytest.importorskip("peft")
@@ -27,7 +27,8 @@ def _trained(model_name):
     torch.set_num_threads(1)
     data, model, state = build(spec)
     engine = Engine(model=model, state=state, data=data, fl=spec.fl, strategy=spec.strategy,
-                    codec_up=spec.compression_up, codec_down=spec.compression_down)
+                    codec_up=spec.compression_up, codec_down=spec.compression_down,
+                    method=spec.method)
     engine.run_round()
     assert all(torch.count_nonzero(m.lora_B) > 0 for n, m in model.named_modules() if hasattr(m, "lora_B"))
     model.eval()
@@ -60,8 +61,8 @@ def _check(out_dir, model, ids):
 
 
 def test_tiny_bert_lora_round_trips_through_peft(tmp_path):
-    _, data, model = _trained("tiny_bert")
-    out = export_lora(model, tmp_path / "adapter", save_base=True)
+    spec, data, model = _trained("tiny_bert")
+    out = export_peft(model, spec.method, tmp_path / "adapter", save_base=True)
     cfg = json.loads((out / "adapter_config.json").read_text())
     assert cfg["peft_type"] == "LORA" and cfg["r"] == 4 and cfg["lora_alpha"] == 8
     assert cfg["target_modules"] == sorted(f"encoder.layer.{i}.attention.self.{m}" for i in range(2)
@@ -78,7 +79,7 @@ def test_tiny_bert_lora_round_trips_through_peft(tmp_path):
 @pytest.mark.slow
 def test_minilm_lora_trained_by_fedbench_loads_in_peft(tmp_path):
     spec, data, model = _trained("minilm")
-    out = export_lora(model, tmp_path / "adapter", base_model_name_or_path=str(spec.model.folder()))
+    out = export_peft(model, spec.method, tmp_path / "adapter", base_model_name_or_path=str(spec.model.folder()))
     _check(out, model, data.test[0])
 
 

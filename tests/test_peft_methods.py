@@ -80,7 +80,8 @@ def _setup(overrides):
     torch.set_num_threads(1)
     data, model, state = build(spec)
     engine = Engine(model=model, state=state, data=data, fl=spec.fl, strategy=spec.strategy,
-                    codec_up=spec.compression_up, codec_down=spec.compression_down)
+                    codec_up=spec.compression_up, codec_down=spec.compression_down,
+                    method=spec.method)
     return spec, data, model, state, engine
 
 

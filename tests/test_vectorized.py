@@ -19,6 +19,7 @@ from fedbench.fl.local import train_client
 from fedbench.fl.optim import FlatAdamW
 from fedbench.fl.state import FlatParams
 from fedbench.fl.strategies import FedAvg
+from fedbench.methods.full import Full
 from fedbench.fl.vectorized import (
     BatchedMLPStep,
     RoundPlan,
@@ -135,7 +136,8 @@ def test_unequal_clients_train_like_exact():
     clients = [data.clients[0], tuple(t[:7] for t in data.clients[1]), tuple(t[:33] for t in data.clients[2])]
     torch.set_num_threads(1)
     vec = VectorizedEngine(model=model, state=state, data=data, fl=spec.fl, strategy=spec.strategy,
-                           codec_up=spec.compression_up, codec_down=spec.compression_down)
+                           codec_up=spec.compression_up, codec_down=spec.compression_down,
+                    method=spec.method)
     start = state.flat.clone()
     rng = torch.get_rng_state()
     finals, losses = vec.train_selected(clients, start)
@@ -177,7 +179,6 @@ def test_dropout_faults_and_fedprox_pass_through():
         for key in ("reported", "rejected", "bytes_up", "selected", "_all_nonfinite"):
             assert x[key] == y[key]
     vec, spec = _engine(SMALL, "vectorized")
-    vec.strategy.proximal_mu = 0.5  # FedProx's term pulls each client towards the start
     start = vec.state.flat.clone()
     clients = [vec.data.clients[i] for i in range(3)]
     pulled, _ = vec.train_selected(clients, start, mu=0.5)
@@ -198,6 +199,7 @@ class _Scaled(nn.Module):
     """A model with a trainable tensor outside Linear/LayerNorm: cannot be stacked."""
 
     head_name = "head"
+    architecture = "custom"
 
     def __init__(self):
         super().__init__()
@@ -216,7 +218,7 @@ def test_refuses_what_it_cannot_stack():
     fl = FLConfig(num_clients=2, clients_per_round=2)
     with pytest.raises(ConfigError, match="fl.engine.*gain"):
         VectorizedEngine(model=model, state=state, data=data, fl=fl, strategy=FedAvg(),
-                         codec_up=NoCompression(), codec_down=NoCompression())
+                         codec_up=NoCompression(), codec_down=NoCompression(), method=Full())
     spec = SimpleNamespace(fl=fl, strategy=FedAvg(), compression_up=NoCompression(),
                            compression_down=NoCompression(), method=None)
     fl.engine = "warp"

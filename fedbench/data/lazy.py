@@ -23,6 +23,7 @@ import torch
 
 from fedbench.data import FederatedData
 from fedbench.data.tutorial import TutorialData
+from fedbench.registry import register
 
 _TEST_STREAM = 1  # spawn-key namespaces of the per-dataset generators
 _CLIENT_STREAM = 0
@@ -33,6 +34,7 @@ def _generator(seed: int, *key: int) -> torch.Generator:
     return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
 
 
+@register("data", "tutorial_lazy")
 @dataclass
 class LazyTutorialData(TutorialData):
     """The tutorial data's settings and distribution; rows drawn per client on demand."""

@@ -23,7 +23,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from fedbench.config import ConfigError
+from fedbench.errors import ConfigError
 
 PARTITIONS = ("iid", "dirichlet", "shards")
 MAX_REDRAWS = 100

@@ -36,7 +36,10 @@ from typing import Optional
 import numpy as np
 import torch
 
-from fedbench.config import ConfigError
+from fedbench.contracts import DataConfig
+from fedbench.errors import ConfigError
+from fedbench.models.pretrained import minilm_path
+from fedbench.registry import register
 from fedbench.data import FederatedData
 from fedbench.data import partition as part
 
@@ -170,8 +173,6 @@ def read_texts(dataset: str):
 # -- tokenizer ------------------------------------------------------------------------------
 def resolve_tokenizer(path: str | None) -> Path:
     """Folder holding ``tokenizer.json``; ``None`` = all-MiniLM-L6-v2's (the package)."""
-    from fedbench.models.hf import minilm_path
-
     folder = minilm_path() if path is None else Path(os.path.expanduser(path))
     if not (folder / "tokenizer.json").is_file():
         raise ConfigError("data.tokenizer", "must be a folder holding tokenizer.json", path)
@@ -287,8 +288,9 @@ def stratified_subset(labels: torch.Tensor, n: int | None, seed: int) -> torch.T
     return torch.from_numpy(np.sort(np.concatenate(chosen)))
 
 
+@register("data", "text")
 @dataclass
-class TextClassification:
+class TextClassification(DataConfig):
     """A text classification dataset pooled, subsampled and partitioned over clients."""
 
     dataset: str = "bbc"
@@ -304,7 +306,7 @@ class TextClassification:
     min_size: int = 8  # samples every client gets at least
     partition_seed: Optional[int] = None  # noqa: UP045 - null = the run's seed
 
-    token_ids = True  # what the model's forward receives (class attribute, not a config key)
+    token_ids = True  # what the model's forward receives (a class attribute, not a setting)
 
     def __post_init__(self) -> None:
         if self.dataset not in SOURCES:
@@ -336,7 +338,7 @@ class TextClassification:
 
     def check_compatible(self, comps: dict, fl) -> None:
         model = comps["model"]
-        if not getattr(model, "token_ids", False):
+        if not model.token_ids:
             raise ConfigError("model", f"data.dataset={self.dataset} is text (token ids): use a text model "
                               "(model=minilm or model=tiny_bert)", type(model).__name__)
         _package_dir(self.source)

@@ -13,12 +13,15 @@ from dataclasses import dataclass
 
 import torch
 
-from fedbench.config import ConfigError
+from fedbench.contracts import DataConfig
 from fedbench.data import FederatedData
+from fedbench.errors import ConfigError
+from fedbench.registry import register
 
 
+@register("data", "tutorial")
 @dataclass
-class TutorialData:
+class TutorialData(DataConfig):
     dim: int = 128
     num_classes: int = 10
     samples_per_client: int = 500
@@ -31,6 +34,10 @@ class TutorialData:
                 raise ConfigError(f"data.{key}", "must be an integer >= 1", getattr(self, key))
         if self.num_classes < 2:
             raise ConfigError("data.num_classes", "must be an integer >= 2", self.num_classes)
+
+    @property
+    def input_dim(self) -> int:
+        return self.dim
 
     def _make(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
         x = torch.randn(n, self.dim, dtype=torch.float32)

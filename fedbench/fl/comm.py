@@ -12,8 +12,10 @@ from typing import ClassVar
 
 import torch
 
-from fedbench.config import ConfigError
+from fedbench.contracts import Codec
+from fedbench.errors import ConfigError
 from fedbench.fl.state import Payload
+from fedbench.registry import choice, register
 
 Message = dict[str, tuple[torch.Tensor, ...]]
 
@@ -22,23 +24,7 @@ def message_bytes(message: Message) -> int:
     return sum(t.numel() * t.element_size() for parts in message.values() for t in parts)
 
 
-class Codec:
-    """Encodes a payload into the tensors that cross the wire, and back.
-
-    ``key`` names the sender's stream (a client id, or ``"server"``) for codecs that keep
-    per-sender state (e.g. error feedback). ``delta = True`` asks the engine to send the
-    client's change (w_k - w_start) instead of its weights.
-    """
-
-    delta = False
-
-    def encode(self, payload: Payload, key=None) -> Message:
-        raise NotImplementedError
-
-    def decode(self, message: Message, key=None) -> Payload:
-        raise NotImplementedError
-
-
+@register("codec", "none")
 @dataclass
 class NoCompression(Codec):
     """Send tensors as they are (float32 stays float32)."""
@@ -62,6 +48,7 @@ class _Cast(Codec):
         return {k: parts[0].to(torch.float32) for k, parts in message.items()}
 
 
+@register("codec", "fp16")
 @dataclass
 class Float16(_Cast):
     """Cast to IEEE half precision on the wire; decoded back to float32."""
@@ -69,6 +56,7 @@ class Float16(_Cast):
     wire: ClassVar[torch.dtype] = torch.float16
 
 
+@register("codec", "bf16")
 @dataclass
 class BFloat16(_Cast):
     """Cast to bfloat16 on the wire (float32's exponent range, 8 significant bits); decoded back
@@ -77,6 +65,7 @@ class BFloat16(_Cast):
     wire: ClassVar[torch.dtype] = torch.bfloat16
 
 
+@register("codec", "int8")
 @dataclass
 class Int8(Codec):
     """Symmetric linear 8-bit quantisation: ``q = round(x / s)`` in [-127, 127] (int8) with
@@ -85,11 +74,7 @@ class Int8(Codec):
     ``numel + 4 * (1 or rows)`` bytes per tensor. Decoding gives ``q * s``, so each value is off
     by at most ``s / 2``."""
 
-    granularity: str = "tensor"
-
-    def __post_init__(self) -> None:
-        if self.granularity not in ("tensor", "row"):
-            raise ConfigError("compression.granularity", "must be one of: tensor, row", self.granularity)
+    granularity: str = choice("tensor", ("tensor", "row"))
 
     def _rows(self, v: torch.Tensor) -> torch.Tensor:
         if self.granularity == "row" and v.dim() >= 2:
@@ -130,6 +115,7 @@ def topk_count(numel: int, fraction: float) -> int:
     return min(numel, max(1, math.ceil(fraction * numel - 1e-9)))
 
 
+@register("codec", "topk")
 @dataclass
 class TopK(Codec):
     """Top-k sparsification of the client's *change* (``delta = True``) with error feedback.

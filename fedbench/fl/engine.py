@@ -9,13 +9,12 @@ state is evaluated and one metrics row is returned.
 Everything that decides later rounds (global payload, strategy and codec state, every RNG) is
 in :meth:`Engine.state_dict`, so a run resumed from a checkpoint continues bit for bit.
 
-A method may change how its state is sent and aggregated (e.g. exact LoRA aggregation merges
-the clients' mean update into the base weights): if the method (``Engine.method``, or the one
-recorded on the model as ``model.fedbench_method``) has ``server_protocol(model, state)``
-returning an object, the engine calls that object's ``downlink(global_payload, codec_down,
-selected, round) -> (start payload, bytes_down)`` and ``aggregate(global_payload, updates,
-strategy, codec_down, round) -> new global payload`` instead of its own two steps, and
-checkpoints its ``state_dict()`` under ``method/``. Without one, nothing changes.
+The engine calls its components only through :mod:`fedbench.contracts`. A method may change
+how its state is sent and aggregated (e.g. exact LoRA aggregation merges the clients' mean
+update into the base weights): when ``method.server_protocol(model, state)`` returns a
+:class:`~fedbench.contracts.ServerProtocol`, the engine calls its ``downlink`` and
+``aggregate`` instead of its own two steps, and checkpoints its ``state_dict()`` under
+``method/``.
 """
 
 from __future__ import annotations
@@ -23,22 +22,23 @@ from __future__ import annotations
 import logging
 import random
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from fedbench.config import ConfigError, FLConfig
+from fedbench.config import FLConfig
+from fedbench.contracts import Codec, Method, Stateful, Strategy
 from fedbench.data import FederatedData
-from fedbench.fl.comm import Codec, message_bytes
+from fedbench.errors import ConfigError
+from fedbench.fl.comm import message_bytes
 from fedbench.fl.faults import FaultPlan
 from fedbench.fl.local import evaluate, train_client
+from fedbench.fl.mlp_step import fast_step
 from fedbench.fl.optim import FlatAdamW
 from fedbench.fl.state import FlatParams, Payload
-from fedbench.fl.strategies import Strategy
 
 log = logging.getLogger("fedbench")
 
@@ -73,19 +73,17 @@ class Engine:
     strategy: Strategy
     codec_up: Codec
     codec_down: Codec
+    method: Method  # the fine-tuning method (its server_protocol may replace downlink/aggregation)
     faults: FaultPlan = field(default_factory=FaultPlan)
-    # The fine-tuning method, for its optional server_protocol hook (None: the one the model
-    # records as ``fedbench_method``, if any).
-    method: Any = None
+    # Progress within a round: on_client(round, clients done, clients selected); not checkpointed.
+    on_client: Callable[[int, int, int], None] | None = None
 
     def __post_init__(self) -> None:
-        if getattr(self.codec_down, "delta", False):
+        if self.codec_down.delta:
             raise ConfigError("compression.down",
                               f"{type(self.codec_down).__name__} sends changes against per-receiver state, "
                               "which the downlink does not keep; use none, fp16, bf16 or int8")
-        method = self.method if self.method is not None else getattr(self.model, "fedbench_method", None)
-        make_protocol = getattr(method, "server_protocol", None)
-        self.protocol = make_protocol(self.model, self.state) if make_protocol is not None else None
+        self.protocol = self.method.server_protocol(self.model, self.state)
         self.opt = FlatAdamW(self.state.flat, self.state.grad, lr=self.fl.lr,
                              weight_decay=self.fl.weight_decay)
         # The tutorial samples with numpy's global legacy RNG, last seeded with 999.
@@ -95,11 +93,8 @@ class Engine:
         self.global_payload: Payload = self.state.snapshot()
         self.round = 0  # rounds completed
         self.sizes = np.array(self.data.client_sizes(), dtype=np.float64)
-        # A model may offer a hand-written training step that is bit-identical to autograd.
-        self.step = None
-        if self.fl.fast_step:
-            make_step = getattr(self.model, "fast_step", None)
-            self.step = make_step(self.state) if make_step is not None else None
+        # A hand-written training step, bit-identical to autograd, where one covers the model.
+        self.step = fast_step(self.model, self.state) if self.fl.fast_step else None
 
     # -- one round -----------------------------------------------------------------------
     def select_clients(self) -> list[int]:
@@ -130,6 +125,8 @@ class Engine:
         t0 = time.perf_counter()
         rnd = self.round + 1
         selected = self.select_clients()
+        if self.on_client is not None:
+            self.on_client(rnd, 0, len(selected))
         drops = self.dropout_rng.random_sample(len(selected)) < self.fl.dropout if self.fl.dropout > 0 else None
         if self.protocol is None:
             down_message = self.codec_down.encode(self.global_payload, key="server")
@@ -137,11 +134,13 @@ class Engine:
             start = self.codec_down.decode(down_message, key="server")
         else:
             start, bytes_down = self.protocol.downlink(self.global_payload, self.codec_down, selected, rnd)
-        mu = float(getattr(self.strategy, "proximal_mu", 0.0) or 0.0)
+        mu = float(self.strategy.proximal_mu)
 
         updates: list[tuple[int, Payload]] = []
         bytes_up, loss_sum, sample_sum, reported, rejected, nonfinite = 0, 0.0, 0, 0, 0, 0
         for i, cid, n, payload, loss in self.train_clients(selected, start, mu):
+            if self.on_client is not None:  # a dropped client trained too
+                self.on_client(rnd, i + 1, len(selected))
             if drops is not None and drops[i]:
                 continue  # trained, but the update never arrives: no uplink bytes
             if self.codec_up.delta:
@@ -197,7 +196,7 @@ class Engine:
                 or (self.protocol is not None and not self.protocol.finite()))
 
     # -- checkpointing ---------------------------------------------------------------------
-    def _stateful(self) -> tuple[tuple[str, Any], ...]:
+    def _stateful(self) -> tuple[tuple[str, Stateful], ...]:
         parts = (("strategy", self.strategy), ("codec_up", self.codec_up), ("codec_down", self.codec_down))
         return parts if self.protocol is None else (*parts, ("method", self.protocol))
 
@@ -216,9 +215,8 @@ class Engine:
         version, internal, gauss_next = random.getstate()
         meta["rng_python"] = [version, list(internal), gauss_next]
         for prefix, obj in self._stateful():
-            get = getattr(obj, "state_dict", None)
-            if get is not None:
-                t, m = get()
+            t, m = obj.state_dict()
+            if t or m:
                 tensors.update({f"{prefix}/{k}": v.contiguous() for k, v in t.items()})
                 meta[prefix] = m
         return tensors, meta
@@ -236,7 +234,5 @@ class Engine:
         version, internal, gauss_next = meta["rng_python"]
         random.setstate((version, tuple(internal), gauss_next))
         for prefix, obj in self._stateful():
-            load = getattr(obj, "load_state_dict", None)
-            if load is not None:
-                sub = {k[len(prefix) + 1:]: v for k, v in tensors.items() if k.startswith(prefix + "/")}
-                load(sub, meta.get(prefix, {}))
+            sub = {k[len(prefix) + 1:]: v for k, v in tensors.items() if k.startswith(prefix + "/")}
+            obj.load_state_dict(sub, meta.get(prefix, {}))

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from fedbench.config import ConfigError
+from fedbench.errors import ConfigError
 from fedbench.fl.state import Payload
 
 KINDS = ("nan", "inf", "wrong_shape", "wrong_dtype", "missing_key", "extra_key", "scale")

@@ -44,10 +44,8 @@ from fedbench.fl.state import FlatParams
 
 def why_not_cacheable(model: nn.Module, state: FlatParams) -> str | None:
     """None when the backbone's features can be cached for this model and trainable state."""
-    head = getattr(model, "head", None)
-    if not isinstance(head, nn.Module):
-        return "the model has no `head` module"
-    prefix = getattr(model, "head_name", "head") + "."
+    head = model.get_submodule(model.head_name)
+    prefix = model.head_name + "."
     others = [n for n in state.names if not n.startswith(prefix)]
     if others:
         return f"parameters outside the head train ({others[0]}, ...)"
@@ -68,15 +66,12 @@ def why_not_cacheable(model: nn.Module, state: FlatParams) -> str | None:
 
 @torch.no_grad()
 def backbone_features(model: nn.Module, x: torch.Tensor, chunk: int = 64) -> torch.Tensor:
-    """What ``model.head`` receives for each row of ``x``, computed ``chunk`` rows at a time."""
-    own = getattr(model, "backbone_features", None)
+    """What the model's head receives for each row of ``x``, computed ``chunk`` rows at a time."""
     was_training = model.training
     model.eval()
     try:
-        if own is not None:
-            return torch.cat([own(x[i:i + chunk]) for i in range(0, len(x), chunk)])
         seen: list[torch.Tensor] = []
-        hook = model.head.register_forward_pre_hook(lambda mod, args: seen.append(args[0].detach()))
+        hook = model.get_submodule(model.head_name).register_forward_pre_hook(lambda mod, args: seen.append(args[0].detach()))
         try:
             for i in range(0, len(x), chunk):
                 model(x[i:i + chunk])
@@ -91,6 +86,8 @@ class HeadModel(nn.Module):
     """The head alone, as a model over cached features. Parameter names stay ``head.*``, and
     the head's tensors are the very views into the run's flat state."""
 
+    architecture = "head"  # what the engine's hand-written step (fedbench.fl.mlp_step) looks for
+
     def __init__(self, head: nn.Module, head_name: str = "head") -> None:
         super().__init__()
         self.head_name = head_name
@@ -98,18 +95,6 @@ class HeadModel(nn.Module):
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return getattr(self, self.head_name)(features)
-
-    def fast_step(self, state: FlatParams):
-        """The tutorial's hand-written step with no layers below the head (a Linear head)."""
-        from fedbench.models.tutorial_mlp_fast import TutorialMLPStep
-
-        head = getattr(self, self.head_name)
-        if type(head) is not nn.Linear or head.bias is None or self.head_name != "head":
-            return None
-        grads = state.views(state.grad)
-        if set(state.names) != {"head.weight", "head.bias"}:
-            return None
-        return TutorialMLPStep([], head, grads["head.weight"], grads["head.bias"])
 
 
 class CachedClients(Sequence):
@@ -159,10 +144,10 @@ class CachedData(FederatedData):
 def cache_features(model: nn.Module, data: FederatedData, chunk: int = 64,
                    max_clients: int | None = None) -> tuple[HeadModel, CachedData]:
     """(head-only model, data with features for inputs). Call :func:`why_not_cacheable` first."""
-    head_name = getattr(model, "head_name", "head")
+    head_name = model.head_name
     clients = CachedClients(model, data.clients, chunk, max_clients)
     x_test, y_test = data.test
     test = (backbone_features(model, x_test, chunk), y_test)
     cached = CachedData(clients=clients, test=test, num_classes=data.num_classes,
                         partition=data.partition, source=data)
-    return HeadModel(getattr(model, head_name), head_name), cached
+    return HeadModel(model.get_submodule(head_name), head_name), cached

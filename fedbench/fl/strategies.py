@@ -1,4 +1,7 @@
-"""Server strategies: turn the clients' decoded updates into the next global payload."""
+"""Server strategies: turn the clients' decoded updates into the next global payload.
+
+Each is a :class:`fedbench.contracts.Strategy` registered as ``strategy=<name>``.
+"""
 
 from __future__ import annotations
 
@@ -6,18 +9,16 @@ from dataclasses import dataclass
 
 import torch
 
+from fedbench.contracts import Strategy
+from fedbench.errors import ConfigError
 from fedbench.fl.state import Payload
+from fedbench.registry import register
+
+__all__ = ["Strategy", "FedAvg", "Median", "TrimmedMean", "FedProx", "ServerOptimizer", "FedAvgM",
+           "FedAdagrad", "FedAdam", "FedYogi"]
 
 
-class Strategy:
-    # True when aggregate() is the sample-weighted mean of the updates (a linear map): exact
-    # LoRA aggregation may then send the aggregate as stacked factors instead of a dense matrix.
-    weighted_mean = False
-
-    def aggregate(self, global_payload: Payload, updates: list[tuple[int, Payload]]) -> Payload:
-        raise NotImplementedError
-
-
+@register("strategy", "fedavg")
 @dataclass
 class FedAvg(Strategy):
     """McMahan et al. 2017: average of client weights, weighted by their sample counts.
@@ -34,11 +35,10 @@ class FedAvg(Strategy):
 
 
 def _stack(updates: list[tuple[int, Payload]], key: str):
-    import torch
-
     return torch.stack([u[key].float() for _, u in updates])
 
 
+@register("strategy", "median")
 @dataclass
 class Median(Strategy):
     """Coordinate-wise median of the client states (Yin et al. 2018): robust to a minority of
@@ -54,6 +54,7 @@ class Median(Strategy):
         return out
 
 
+@register("strategy", "trimmed_mean")
 @dataclass
 class TrimmedMean(Strategy):
     """Coordinate-wise trimmed mean (Yin et al. 2018): drop the ``beta`` fraction of largest and
@@ -62,8 +63,6 @@ class TrimmedMean(Strategy):
     beta: float = 0.2
 
     def __post_init__(self) -> None:
-        from fedbench.config import ConfigError
-
         if not 0.0 <= self.beta < 0.5:
             raise ConfigError("strategy.beta", "must be a fraction in [0, 0.5)", self.beta)
 
@@ -77,6 +76,7 @@ class TrimmedMean(Strategy):
         return out
 
 
+@register("strategy", "fedprox")
 @dataclass
 class FedProx(FedAvg):
     """FedProx (Li et al. 2020): FedAvg's aggregation; each client adds the proximal term
@@ -85,8 +85,6 @@ class FedProx(FedAvg):
     mu: float = 0.01
 
     def __post_init__(self) -> None:
-        from fedbench.config import ConfigError
-
         if not self.mu >= 0:
             raise ConfigError("strategy.mu", "must be a float >= 0", self.mu)
 
@@ -138,12 +136,11 @@ class ServerOptimizer(Strategy):
 
 
 def _check(name: str, value: float, ok: bool, allowed: str) -> None:
-    from fedbench.config import ConfigError
-
     if not ok:
         raise ConfigError(f"strategy.{name}", allowed, value)
 
 
+@register("strategy", "fedavgm")
 @dataclass
 class FedAvgM(ServerOptimizer):
     """FedAvg with server momentum (Hsu et al. 2019): ``v = momentum * v + delta``,
@@ -190,6 +187,7 @@ class _Adaptive(ServerOptimizer):
         raise NotImplementedError
 
 
+@register("strategy", "fedadagrad")
 @dataclass
 class FedAdagrad(_Adaptive):
     """Reddi et al. 2021: ``m = b1 m + (1-b1) delta``, ``v = v + delta^2``,
@@ -201,6 +199,7 @@ class FedAdagrad(_Adaptive):
         return v.add_(sq)
 
 
+@register("strategy", "fedadam")
 @dataclass
 class FedAdam(_Adaptive):
     """Reddi et al. 2021: ``v = b2 v + (1-b2) delta^2``; otherwise as FedAdagrad."""
@@ -209,6 +208,7 @@ class FedAdam(_Adaptive):
         return v.mul_(self.beta2).add_(sq, alpha=1 - self.beta2)
 
 
+@register("strategy", "fedyogi")
 @dataclass
 class FedYogi(_Adaptive):
     """Reddi et al. 2021: ``v = v - (1-b2) delta^2 sign(v - delta^2)`` (additive, sign-controlled

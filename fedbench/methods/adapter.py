@@ -12,11 +12,15 @@ from typing import List, Optional  # noqa: UP035 (OmegaConf)
 import torch
 from torch import nn
 
-from fedbench.config import ConfigError
-from fedbench.methods._support import require
-from fedbench.methods.base import Method, is_head, linear_names, name_matches, wrap_modules
+from fedbench.errors import ConfigError
+from fedbench.contracts import Method
+from fedbench.methods.base import is_head, require_architecture, select_targets, wrap_modules
+from fedbench.registry import choice, register
 
 ACTIVATIONS = {"gelu": nn.GELU, "relu": nn.ReLU, "tanh": nn.Tanh}
+# Linear modules whose output gets an adapter when target_modules is null, per architecture:
+# BERT's attention output projection and feed-forward output projection of every layer.
+DEFAULT_TARGETS = {"bert": [r".*\.attention\.output\.dense", r".*\.layer\.\d+\.output\.dense"]}
 
 
 class AdapterLinear(nn.Module):
@@ -37,31 +41,27 @@ class AdapterLinear(nn.Module):
         return h + self.adapter_up(self.adapter_act(self.adapter_down(h)))
 
 
+@register("method", "adapter")
 @dataclass
 class Adapter(Method):
     bottleneck: int = 16
-    activation: str = "gelu"
-    # Linear modules whose output gets an adapter (exact, dotted suffix or regex); null = the
-    # model's default: BERT's attention.output.dense and output.dense of every layer.
+    activation: str = choice("gelu", tuple(ACTIVATIONS))
+    # Linear modules whose output gets an adapter (exact, dotted suffix or regex); null =
+    # DEFAULT_TARGETS for the model's architecture.
     target_modules: Optional[List[str]] = None  # noqa: UP006, UP045 (OmegaConf)
     train_layernorm: bool = False
 
     def __post_init__(self) -> None:
         if self.bottleneck < 1:
             raise ConfigError("method.bottleneck", "must be an integer >= 1", self.bottleneck)
-        if self.activation not in ACTIVATIONS:
-            raise ConfigError("method.activation", f"must be one of: {', '.join(ACTIVATIONS)}", self.activation)
 
     def check_compatible(self, comps: dict, fl) -> None:
-        require("adapter", "adapter", comps)
+        require_architecture("adapter", comps["model"], DEFAULT_TARGETS,
+                             "inserts bottleneck adapters after a transformer's attention and feed-forward outputs")
 
     def _targets(self, model: nn.Module) -> list[str]:
-        patterns = self.target_modules if self.target_modules is not None else \
-            getattr(model, "adapter_default_targets", None)
-        chosen = [n for n in linear_names(model) if patterns and name_matches(n, list(patterns))]
-        if not chosen:
-            raise ConfigError("method.target_modules", "matches no nn.Linear of the model", self.target_modules)
-        return chosen
+        patterns = self.target_modules if self.target_modules is not None else DEFAULT_TARGETS[model.architecture]
+        return select_targets(model, patterns)
 
     def inject(self, model: nn.Module) -> None:
         wrap_modules(model, self._targets(model), lambda base: AdapterLinear(base, self.bottleneck, self.activation))

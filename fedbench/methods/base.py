@@ -1,4 +1,7 @@
-"""The method interface and helpers for selecting modules by name."""
+"""Helpers methods share: selecting modules by name, wrapping them, architecture checks.
+
+The method contract itself is :class:`fedbench.contracts.Method`.
+"""
 
 from __future__ import annotations
 
@@ -8,16 +11,8 @@ from typing import ClassVar
 
 from torch import nn
 
-
-class Method:
-    """Base for methods; subclasses are dataclasses holding their hyperparameters."""
-
-    def inject(self, model: nn.Module) -> None:
-        """Add the method's modules (adapters) to the backbone. Default: nothing."""
-
-    def trainable(self, model: nn.Module) -> list[str]:
-        """Names of the parameters that train and are sent, in ``named_parameters`` order."""
-        raise NotImplementedError
+from fedbench.contracts import Method
+from fedbench.errors import ConfigError
 
 
 @dataclass
@@ -31,14 +26,21 @@ class VirtualTokenMethod(Method):
     INITS: ClassVar[tuple[str, ...]] = ("normal",)
 
     def __post_init__(self) -> None:
-        from fedbench.config import ConfigError
-
         if self.num_virtual_tokens < 1:
             raise ConfigError("method.num_virtual_tokens", "must be an integer >= 1", self.num_virtual_tokens)
         if self.init not in self.INITS:
             raise ConfigError("method.init", f"must be one of: {', '.join(self.INITS)}", self.init)
         if not self.init_std > 0:
             raise ConfigError("method.init_std", "must be a float > 0", self.init_std)
+
+
+def require_architecture(method: str, model_cfg, supported, what: str) -> None:
+    """Refuse (one line) a model whose architecture the method has no entry for."""
+    if model_cfg.architecture in supported:
+        return
+    raise ConfigError(f"method={method}", f"{what}, and model {type(model_cfg).__name__} is a "
+                      f"{model_cfg.architecture!r} model; architectures this method knows: "
+                      f"{', '.join(sorted(supported))}")
 
 
 def linear_names(model: nn.Module) -> list[str]:
@@ -63,3 +65,13 @@ def is_head(model: nn.Module, name: str) -> bool:
 def name_matches(name: str, patterns: list[str]) -> bool:
     """PEFT-style module matching: exact name, dotted suffix, or a full regex match."""
     return any(name == pat or name.endswith("." + pat) or re.fullmatch(pat, name) for pat in patterns)
+
+
+def select_targets(model: nn.Module, targets: list[str] | None, key: str = "method.target_modules") -> list[str]:
+    """The model's nn.Linear names (head excepted) matching ``targets`` (None: all of them)."""
+    linear = linear_names(model)
+    chosen = linear if targets is None else [n for n in linear if name_matches(n, list(targets))]
+    if not chosen:
+        raise ConfigError(key, f"matches no nn.Linear of the model; available: {', '.join(linear) or 'none'}",
+                          targets)
+    return chosen

@@ -7,14 +7,20 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from fedbench.methods._support import require
-from fedbench.methods.base import Method, is_head
+from fedbench.contracts import Method
+from fedbench.errors import ConfigError
+from fedbench.methods.base import is_head
+from fedbench.registry import register
 
 
+@register("method", "bitfit")
 @dataclass
 class BitFit(Method):
     def check_compatible(self, comps: dict, fl) -> None:
-        require("bitfit", "bias", comps)
+        model = comps["model"]
+        if not model.has_biases():
+            raise ConfigError("method=bitfit", f"trains the model's biases, and {type(model).__name__} has none "
+                              "(its base layers are bias-free; set model.use_bias=true, or use method=head_only)")
 
     def trainable(self, model: nn.Module) -> list[str]:
         names = [n for n, _ in model.named_parameters()

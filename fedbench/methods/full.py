@@ -6,9 +6,11 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from fedbench.methods.base import Method
+from fedbench.contracts import Method
+from fedbench.registry import register
 
 
+@register("method", "full")
 @dataclass
 class Full(Method):
     def trainable(self, model: nn.Module) -> list[str]:

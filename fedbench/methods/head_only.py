@@ -6,9 +6,12 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from fedbench.methods.base import Method, is_head
+from fedbench.contracts import Method
+from fedbench.methods.base import is_head
+from fedbench.registry import register
 
 
+@register("method", "head_only")
 @dataclass
 class HeadOnly(Method):
     def trainable(self, model: nn.Module) -> list[str]:

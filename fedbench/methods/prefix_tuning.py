@@ -17,10 +17,11 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from fedbench.methods._support import require
-from fedbench.methods.base import VirtualTokenMethod, is_head
+from fedbench.methods.base import VirtualTokenMethod, is_head, require_architecture
+from fedbench.registry import register
 
 INITS = ("tokens", "normal")
+ARCHITECTURES = ("bert",)  # models whose attention takes a key/value cache (EncoderClassifier.prefix)
 
 
 class PrefixKV(nn.Module):
@@ -41,6 +42,7 @@ class PrefixKV(nn.Module):
         return DynamicCache(pairs)
 
 
+@register("method", "prefix_tuning")
 @dataclass
 class PrefixTuning(VirtualTokenMethod):
     num_virtual_tokens: int = 10
@@ -49,11 +51,10 @@ class PrefixTuning(VirtualTokenMethod):
     INITS: ClassVar[tuple[str, ...]] = INITS
 
     def check_compatible(self, comps: dict, fl) -> None:
-        require("prefix_tuning", "prefix", comps)
+        require_architecture("prefix_tuning", comps["model"], ARCHITECTURES,
+                             "prepends learned keys/values to every attention layer")
 
     def inject(self, model: nn.Module) -> None:
-        if not hasattr(model, "prefix"):
-            raise TypeError(f"{type(model).__name__} takes no prefix (needs a transformer model)")
         L, H, P = model.num_layers, model.num_heads, self.num_virtual_tokens
         d = model.hidden_size // H
         if self.init == "normal":

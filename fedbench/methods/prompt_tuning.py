@@ -14,11 +14,12 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from fedbench.config import ConfigError
-from fedbench.methods._support import require
-from fedbench.methods.base import VirtualTokenMethod, is_head
+from fedbench.errors import ConfigError
+from fedbench.methods.base import VirtualTokenMethod, is_head, require_architecture
+from fedbench.registry import register
 
 INITS = ("vocab", "normal")
+ARCHITECTURES = ("bert",)  # models whose forward takes prompt embeddings (EncoderClassifier.prompt)
 
 
 class PromptEmbedding(nn.Module):
@@ -27,6 +28,7 @@ class PromptEmbedding(nn.Module):
         self.weight = nn.Parameter(weight)
 
 
+@register("method", "prompt_tuning")
 @dataclass
 class PromptTuning(VirtualTokenMethod):
     num_virtual_tokens: int = 20
@@ -35,16 +37,15 @@ class PromptTuning(VirtualTokenMethod):
     INITS: ClassVar[tuple[str, ...]] = INITS
 
     def check_compatible(self, comps: dict, fl) -> None:
-        require("prompt_tuning", "prompt", comps)
+        require_architecture("prompt_tuning", comps["model"], ARCHITECTURES,
+                             "prepends virtual tokens to a transformer's input embeddings")
         limit = comps["model"].max_positions
-        length = getattr(comps["data"], "max_length", 0)
+        length = comps["data"].max_length
         if self.num_virtual_tokens + length > limit:
             raise ConfigError("method.num_virtual_tokens", f"plus data.max_length ({length}) must be <= the "
                               f"model's {limit} positions", self.num_virtual_tokens)
 
     def inject(self, model: nn.Module) -> None:
-        if not hasattr(model, "prompt"):
-            raise TypeError(f"{type(model).__name__} takes no prompt (needs a transformer model)")
         emb = model.word_embeddings().weight
         if self.init == "vocab":
             low = 1000 if emb.shape[0] > 2000 else 0

@@ -7,11 +7,13 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from fedbench.config import ConfigError
-from fedbench.methods._support import block_names, num_blocks, require
-from fedbench.methods.base import Method, is_head
+from fedbench.errors import ConfigError
+from fedbench.contracts import Method
+from fedbench.methods.base import is_head
+from fedbench.registry import register
 
 
+@register("method", "selective")
 @dataclass
 class Selective(Method):
     last_k: int = 1
@@ -21,13 +23,12 @@ class Selective(Method):
             raise ConfigError("method.last_k", "must be an integer >= 1", self.last_k)
 
     def check_compatible(self, comps: dict, fl) -> None:
-        require("selective", "blocks", comps)
-        n = num_blocks(comps["model"])
+        n = comps["model"].num_blocks()
         if self.last_k > n:
             raise ConfigError("method.last_k", f"must be <= the model's {n} blocks", self.last_k)
 
     def trainable(self, model: nn.Module) -> list[str]:
-        blocks = block_names(model)
+        blocks = model.block_names()
         if self.last_k > len(blocks):
             raise ConfigError("method.last_k", f"must be <= the model's {len(blocks)} blocks", self.last_k)
         top = tuple(b + "." for b in blocks[len(blocks) - self.last_k:])

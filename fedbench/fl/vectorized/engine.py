@@ -15,7 +15,7 @@ import contextlib
 
 import torch
 
-from fedbench.config import ConfigError
+from fedbench.errors import ConfigError
 from fedbench.fl.engine import Engine
 from fedbench.fl.state import Payload
 from fedbench.fl.vectorized.mlp_kernel import BatchedMLPStep

@@ -6,7 +6,7 @@ import logging
 
 from torch import nn
 
-from fedbench.config import ConfigError
+from fedbench.errors import ConfigError
 from fedbench.fl.engine import Engine
 from fedbench.fl.faults import FaultPlan
 from fedbench.fl.feature_cache import cache_features, why_not_cacheable

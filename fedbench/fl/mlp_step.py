@@ -9,8 +9,9 @@ differently). ``tests/test_fast_step.py`` checks loss and every gradient bit for
 autograd for each method, thread count and a changed shape; ``fl.fast_step=false`` turns it off.
 
 It covers the layers fedbench's methods produce on this model (plain or LoRA-wrapped
-bias-free Linear layers, a Linear head) and declines anything else, which then trains
-through autograd.
+bias-free Linear layers, a Linear head) and a bare Linear head on cached features (the feature
+cache's ``HeadModel``, ``architecture == "head"``), and declines anything else, which then
+trains through autograd. The engine asks :func:`fast_step`; models do not know about it.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import torch
 from torch import nn
 
 from fedbench.fl.state import FlatParams
-from fedbench.methods.lora import LoRALinear
+from fedbench.methods.lora_layer import LoRALinear
 
 aten = torch.ops.aten
 _ONE = torch.ones((), dtype=torch.float32)
@@ -48,16 +49,16 @@ class TutorialMLPStep:
 
     @classmethod
     def build(cls, model: nn.Module, state: FlatParams) -> TutorialMLPStep | None:
-        from fedbench.models.tutorial_mlp import TutorialMLPModule
-
-        if type(model) is not TutorialMLPModule or not isinstance(model.head, nn.Linear):
+        """The step for the tutorial MLP (``architecture == "mlp"``) or a bare head on cached
+        features (``"head"``), or None when the model or its trainable set is not covered."""
+        if model.architecture not in ("mlp", "head") or model.head_name != "head":
             return None
-        if model.head.bias is None:
+        if type(model.head) is not nn.Linear or model.head.bias is None:
             return None
         grads = state.views(state.grad)
         used = set()
         layers = []
-        for i, mod in enumerate(model.layers):
+        for i, mod in enumerate(model.layers if model.architecture == "mlp" else ()):
             if isinstance(mod, LoRALinear):
                 base, prefix = mod.base, f"layers.{i}.base."
             elif type(mod) is nn.Linear:
@@ -142,3 +143,8 @@ class TutorialMLPStep:
                 if gxa is not None:
                     gh = gh + gxa.mm(layer.At)
         return loss
+
+
+def fast_step(model: nn.Module, state: FlatParams) -> TutorialMLPStep | None:
+    """The hand-written step for this model and trainable state, or None (autograd trains)."""
+    return TutorialMLPStep.build(model, state)

@@ -1,4 +1,5 @@
-"""Exact aggregation of LoRA updates (``method.aggregation=exact``), FLoRA-style.
+"""Exact aggregation of LoRA updates (``method.aggregation=exact``), FLoRA-style: the server
+side of :class:`fedbench.methods.lora.LoRA` (its ``server_protocol``).
 
 Averaging the factors separately (``naive``) does not average the updates:
 ``mean(B) mean(A) != mean(B A)``. Here the server aggregates the true update
@@ -31,8 +32,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from fedbench.fl.comm import Codec, message_bytes
+from fedbench.contracts import Codec, Strategy
+from fedbench.fl.comm import message_bytes
 from fedbench.fl.state import FlatParams, Payload
+from fedbench.methods.lora_layer import LoRALinear
 
 
 class ExactLoRA:
@@ -40,8 +43,6 @@ class ExactLoRA:
     :meth:`aggregate` instead of its defaults, and checkpoints :meth:`state_dict`."""
 
     def __init__(self, model: nn.Module, state: FlatParams) -> None:
-        from fedbench.methods.lora import LoRALinear
-
         names = set(state.names)
         self.names = list(state.names)
         self.layers: list[tuple[str, LoRALinear]] = []
@@ -70,13 +71,13 @@ class ExactLoRA:
         return {k: decoded[k] if k in decoded else self.init[k] for k in self.names}, sent
 
     # -- aggregation --------------------------------------------------------------------------
-    def aggregate(self, global_payload: Payload, updates: list[tuple[int, Payload]], strategy,
+    def aggregate(self, global_payload: Payload, updates: list[tuple[int, Payload]], strategy: Strategy,
                   codec: Codec, rnd: int) -> Payload:
         """Merge the clients' exact mean update into the base weights; return the new global
         payload (adapters back at their initialisation, the rest as the strategy aggregates)."""
         self._pad(rnd - 1)
         total = sum(n for n, _ in updates)
-        if getattr(strategy, "weighted_mean", False):
+        if strategy.weighted_mean:
             rest = self._strategy(strategy, global_payload, updates, self.rest)
             merge = {}
             for name, mod in self.layers:

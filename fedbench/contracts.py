@@ -1,0 +1,189 @@
+"""The plug-in contracts: what a model, method, dataset, strategy or codec offers the engine.
+
+Every component is a dataclass registered with :func:`fedbench.registry.register`; its fields are
+its settings and their defaults (the only place they live), and it derives from one of the base
+classes below. The engine and the run call components only through the methods documented here;
+each optional hook has a default, so a component implements just what it needs.
+
+Order of calls in a run (the tutorial's random-stream order)::
+
+    data = DataConfig.build(num_clients, seed)            # FederatedData
+    model = ModelConfig.build()                           # a FedModel (nn.Module), frozen
+    method.inject(model); model.attach_head()
+    names = method.trainable(model)                       # what trains == what is sent
+    protocol = method.server_protocol(model, state)       # None: encode + strategy.aggregate
+    each round: codec.encode/decode, strategy.aggregate, state_dict() into the checkpoint
+
+``check_compatible(components, fl)`` runs on every component after all are built from the
+config and before anything trains, so cross-component refusals (labels that do not fit the head,
+a method the architecture cannot host) are one line before any work.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
+
+if TYPE_CHECKING:  # the contracts stay importable without torch
+    import torch
+    from torch import nn
+
+    from fedbench.data import FederatedData
+    from fedbench.fl.state import FlatParams
+
+    Payload = dict[str, torch.Tensor]
+    Message = dict[str, tuple[torch.Tensor, ...]]
+
+
+class Stateful:
+    """State that later rounds depend on (optimizer moments, error-feedback residuals) and that a
+    checkpoint must hold for a bit-exact resume: ``(tensors, JSON-able metadata)``."""
+
+    def state_dict(self) -> tuple[dict[str, torch.Tensor], dict]:
+        return {}, {}
+
+    def load_state_dict(self, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+        """Restore what :meth:`state_dict` returned (no state: nothing to do)."""
+
+
+class Component:
+    """Base of every registered component (a dataclass of settings)."""
+
+    def check_compatible(self, components: dict[str, Any], fl: Any) -> None:
+        """Refuse, with a :class:`~fedbench.errors.ConfigError`, a combination that cannot run.
+        ``components`` maps ``model``, ``method``, ``data``, ``strategy`` to their instances."""
+
+
+@runtime_checkable
+class FedModel(Protocol):
+    """What a built model (an ``nn.Module``) exposes. ``architecture`` is the key methods look
+    up their per-architecture defaults by (as peft's target-module tables); a model knows no
+    methods. ``forward`` takes the data's inputs and returns logits."""
+
+    architecture: str
+    head_name: str
+
+    def attach_head(self) -> None:
+        """Create the task head; called after the method injected its modules."""
+
+    def block_names(self) -> list[str]:
+        """Module names of the model's blocks (layers), bottom to top."""
+
+
+class ModelConfig(Component):
+    """A model's settings. ``architecture`` names the module family ``build`` returns (``mlp``,
+    ``bert``); ``token_ids`` says whether its forward pass takes token ids."""
+
+    architecture: ClassVar[str] = ""
+    token_ids: ClassVar[bool] = False
+
+    def build(self) -> nn.Module:
+        raise NotImplementedError
+
+    def has_biases(self) -> bool:
+        """Whether the backbone's layers add biases (BitFit trains them)."""
+        return False
+
+    def num_blocks(self) -> int:
+        """How many blocks :meth:`FedModel.block_names` will list."""
+        raise NotImplementedError
+
+
+class Method(Component):
+    """A fine-tuning method. It does not know about rounds; it marks what trains."""
+
+    def inject(self, model: nn.Module) -> None:
+        """Add the method's modules (adapters, prompts) to the frozen backbone. Default: none."""
+
+    def trainable(self, model: nn.Module) -> list[str]:
+        """Names of the parameters that train and are communicated, in ``named_parameters`` order."""
+        raise NotImplementedError
+
+    def server_protocol(self, model: nn.Module, state: FlatParams) -> ServerProtocol | None:
+        """How the server sends and aggregates this method's state, or None for the engine's
+        default (encode the global payload; the strategy averages the decoded updates)."""
+        return None
+
+    def peft_adapter(self, model: nn.Module) -> tuple[dict, dict[str, torch.Tensor]] | None:
+        """The trained method in PEFT's format, ``(adapter_config, adapter tensors)`` with PEFT's
+        key names, or None when PEFT has no counterpart. Used by :mod:`fedbench.peft_export`."""
+        return None
+
+
+class ServerProtocol(Protocol):
+    """A method's own server side (e.g. exact LoRA aggregation merges the mean update into the
+    base weights). The engine calls these instead of its default downlink and aggregation, and
+    checkpoints its state (as :class:`Stateful`)."""
+
+    def state_dict(self) -> tuple[dict[str, torch.Tensor], dict]: ...
+
+    def load_state_dict(self, tensors: dict[str, torch.Tensor], meta: dict) -> None: ...
+
+    def downlink(self, global_payload: Payload, codec: Codec, selected: list[int],
+                 round: int) -> tuple[Payload, int]:
+        """(the payload each selected client starts from, bytes sent down in total)."""
+
+    def aggregate(self, global_payload: Payload, updates: list[tuple[int, Payload]],
+                  strategy: Strategy, codec: Codec, round: int) -> Payload:
+        """The next global payload from ``(samples, decoded update)`` pairs."""
+
+    def finite(self) -> bool:
+        """False once the protocol's own state (e.g. merged weights) holds non-finite values."""
+
+
+class DataConfig(Component):
+    """A dataset and its client partition. ``token_ids``: inputs are token ids (text)."""
+
+    token_ids: ClassVar[bool] = False
+    num_classes: int
+
+    @property
+    def input_dim(self) -> int | None:
+        """The width of dense feature inputs (None: the inputs are not feature vectors)."""
+        return None
+
+    def build(self, num_clients: int, seed: int) -> FederatedData:
+        raise NotImplementedError
+
+
+class Strategy(Component, Stateful):
+    """Server aggregation: decoded client updates -> the next global payload.
+
+    ``weighted_mean``: aggregate() is the sample-weighted mean (a linear map), which lets exact
+    LoRA aggregation send stacked factors. ``proximal_mu`` > 0 asks clients for FedProx's term.
+    """
+
+    weighted_mean: ClassVar[bool] = False
+
+    @property
+    def proximal_mu(self) -> float:
+        return 0.0
+
+    def aggregate(self, global_payload: Payload, updates: list[tuple[int, Payload]]) -> Payload:
+        raise NotImplementedError
+
+
+class Codec(Component, Stateful):
+    """The simulated wire: a payload becomes the tensors that are really sent, and back.
+
+    ``key`` names the sender's stream (a client id, or ``"server"``) for codecs with per-sender
+    state (error feedback). ``delta = True``: the engine sends the client's change
+    ``w_k - w_start`` instead of its weights; such codecs keep per-receiver state the downlink
+    does not have, so they are uplink-only.
+    """
+
+    delta: ClassVar[bool] = False
+
+    def encode(self, payload: Payload, key: Any = None) -> Message:
+        raise NotImplementedError
+
+    def decode(self, message: Message, key: Any = None) -> Payload:
+        raise NotImplementedError
+
+
+GROUP_BASES: dict[str, type] = {
+    "model": ModelConfig,
+    "method": Method,
+    "data": DataConfig,
+    "strategy": Strategy,
+    "codec": Codec,
+}
