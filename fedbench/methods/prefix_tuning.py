@@ -1,8 +1,15 @@
 """Prefix tuning (Li & Liang, 2021): every attention layer of a frozen transformer also attends to
 ``num_virtual_tokens`` learned key/value pairs (no projection network: the prefix keys and values
-are the parameters, as PEFT's ``prefix_projection=False``). The text keeps its own positions.
-The prefix (``prefix.kv``: layers x 2 x heads x P x head_dim) and the task head train and are
-communicated.
+are the parameters, as PEFT's ``prefix_projection=False``). The prefix (``prefix.kv``:
+layers x 2 x heads x P x head_dim) and the task head train and are communicated.
+
+``text_positions`` sets the text's position ids: ``from_zero`` (the default, fedbench's original
+behaviour) keeps them at 0..L-1, as the model saw text in pretraining; ``after_prefix`` puts them
+at P..P+L-1, as if the prefix were P real tokens before the text. The latter is what PEFT does
+(a key/value cache of P tokens shifts BERT's positions, and PEFT adds P to any ``position_ids``
+it is given), so only ``after_prefix`` exports to PEFT's PREFIX_TUNING. On MiniLM the two put the
+logits a few hundredths apart (0.03 for a fresh prefix and head); the default stays ``from_zero``
+so that existing results and their config hashes stay valid.
 
 ``init: tokens`` starts each layer's prefix from the keys/values the frozen model computes for P
 random vocabulary tokens (Li & Liang's initialisation from real activations); ``init: normal``
@@ -17,17 +24,20 @@ from typing import ClassVar
 import torch
 from torch import nn
 
+from fedbench.errors import ConfigError
 from fedbench.methods.base import VirtualTokenMethod, is_head, require_architecture
-from fedbench.registry import register
+from fedbench.registry import choice, register
 
 INITS = ("tokens", "normal")
+TEXT_POSITIONS = ("from_zero", "after_prefix")
 ARCHITECTURES = ("bert",)  # models whose attention takes a key/value cache (EncoderClassifier.prefix)
 
 
 class PrefixKV(nn.Module):
-    def __init__(self, kv: torch.Tensor) -> None:
+    def __init__(self, kv: torch.Tensor, position_offset: int = 0) -> None:
         super().__init__()
         self.kv = nn.Parameter(kv)  # [layers, 2, heads, P, head_dim]
+        self.position_offset = position_offset  # the text's first position id (EncoderClassifier.features)
 
     @property
     def num_tokens(self) -> int:
@@ -48,11 +58,19 @@ class PrefixTuning(VirtualTokenMethod):
     num_virtual_tokens: int = 10
     init: str = "tokens"
     init_std: float = 0.02
+    # The text's position ids: from_zero (0..L-1) | after_prefix (P..P+L-1, PEFT's; exportable).
+    text_positions: str = choice("from_zero", TEXT_POSITIONS)
     INITS: ClassVar[tuple[str, ...]] = INITS
 
     def check_compatible(self, comps: dict, fl) -> None:
         require_architecture("prefix_tuning", comps["model"], ARCHITECTURES,
                              "prepends learned keys/values to every attention layer")
+        if self.text_positions == "after_prefix":
+            limit, length = comps["model"].max_positions, comps["data"].max_length
+            if self.num_virtual_tokens + length > limit:
+                raise ConfigError("method.num_virtual_tokens", f"plus data.max_length ({length}) must be <= "
+                                  f"the model's {limit} positions with text_positions=after_prefix",
+                                  self.num_virtual_tokens)
 
     def inject(self, model: nn.Module) -> None:
         L, H, P = model.num_layers, model.num_heads, self.num_virtual_tokens
@@ -61,7 +79,7 @@ class PrefixTuning(VirtualTokenMethod):
             kv = torch.randn(L, 2, H, P, d) * self.init_std
         else:
             kv = self._from_tokens(model, P, L, H, d)
-        model.prefix = PrefixKV(kv)
+        model.prefix = PrefixKV(kv, P if self.text_positions == "after_prefix" else 0)
 
     @staticmethod
     @torch.no_grad()
@@ -86,3 +104,25 @@ class PrefixTuning(VirtualTokenMethod):
 
     def trainable(self, model: nn.Module) -> list[str]:
         return [n for n, _ in model.named_parameters() if n.startswith("prefix.") or is_head(model, n)]
+
+    def peft_adapter(self, model: nn.Module):
+        """PEFT's PREFIX_TUNING without projection: ``prompt_embeddings`` [P, layers * 2 * hidden],
+        row p holding, per layer, token p's key then value (heads x head_dim), which PEFT views as
+        [P, layers * 2, heads, head_dim]. Its output is the text's hidden states only (the prefix is a
+        key/value cache), so the head's pooling applies to ``last_hidden_state`` as is.
+
+        Raises ValueError for ``text_positions=from_zero``: PEFT always numbers the text from P."""
+        if model.architecture != "bert":
+            return None
+        if self.text_positions != "after_prefix":
+            raise ValueError("prefix tuning with method.text_positions=from_zero has no PEFT counterpart: PEFT "
+                             "numbers the text's positions from num_virtual_tokens (train with "
+                             "method.text_positions=after_prefix to export)")
+        kv = model.prefix.kv.detach()  # [layers, 2, heads, P, head_dim]
+        layers, _, heads, P, _ = kv.shape
+        config = {
+            "peft_type": "PREFIX_TUNING", "num_virtual_tokens": P, "token_dim": model.hidden_size,
+            "num_layers": layers, "num_attention_heads": heads, "num_transformer_submodules": 1,
+            "encoder_hidden_size": model.hidden_size, "prefix_projection": False,
+        }
+        return config, {"prompt_embeddings": kv.permute(3, 0, 1, 2, 4).reshape(P, -1).contiguous().clone()}

@@ -4,7 +4,11 @@ The virtual-token embeddings and the task head train and are communicated.
 
 ``init: vocab`` starts the prompt from the embeddings of random vocabulary tokens (ids drawn from
 torch's RNG in [1000, vocab), past BERT's special and unused tokens); ``init: normal`` from
-N(0, init_std^2)."""
+N(0, init_std^2).
+
+Exported to PEFT's PROMPT_TUNING (:meth:`PromptTuning.peft_adapter`), which computes the same
+function; PEFT's ``last_hidden_state`` then starts with the P virtual tokens, which fedbench's
+pooling leaves out: pool ``last_hidden_state[:, P:]`` (the text's [CLS] is at position P)."""
 
 from __future__ import annotations
 
@@ -57,3 +61,18 @@ class PromptTuning(VirtualTokenMethod):
 
     def trainable(self, model: nn.Module) -> list[str]:
         return [n for n, _ in model.named_parameters() if n.startswith("prompt.") or is_head(model, n)]
+
+    def peft_adapter(self, model: nn.Module):
+        """PEFT's PROMPT_TUNING: ``prompt_embeddings`` [P, hidden], prepended to the word embeddings
+        with positions 0..P-1 and the text at P..P+L-1, as here. PEFT returns hidden states for the
+        virtual tokens too: drop the first ``num_virtual_tokens`` before pooling to get the logits."""
+        if model.architecture != "bert":
+            return None
+        weight = model.prompt.weight.detach()
+        config = {
+            "peft_type": "PROMPT_TUNING", "num_virtual_tokens": weight.shape[0], "token_dim": weight.shape[1],
+            "num_layers": model.num_layers, "num_attention_heads": model.num_heads,
+            "num_transformer_submodules": 1, "prompt_tuning_init": "RANDOM", "prompt_tuning_init_text": None,
+            "tokenizer_name_or_path": None, "tokenizer_kwargs": None,
+        }
+        return config, {"prompt_embeddings": weight.contiguous().clone()}

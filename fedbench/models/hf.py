@@ -26,7 +26,7 @@ from torch import nn
 from fedbench.contracts import ModelConfig
 from fedbench.data.text import resolve_tokenizer, tokenizer_vocab_size
 from fedbench.errors import ConfigError
-from fedbench.models.pretrained import minilm_path, set_offline, read_hf_config, resolve_checkpoint
+from fedbench.models.pretrained import minilm_path, read_hf_config, resolve_checkpoint, set_offline
 from fedbench.registry import register
 
 POOLINGS = ("mean", "cls")
@@ -206,8 +206,9 @@ class EncoderClassifier(nn.Module):
 
     Extension points set by methods before the head is attached:
     ``prompt`` -- a module with ``weight`` [P, hidden]: P virtual tokens prepended to the input
-    embeddings (prompt tuning); ``prefix`` -- a module with ``kv`` [layers, 2, heads, P, head_dim]:
-    learned keys/values every layer's attention also attends to (prefix tuning).
+    embeddings (prompt tuning); ``prefix`` -- a module with ``num_tokens`` (P), ``cache(batch)``:
+    learned keys/values every layer's attention also attends to (prefix tuning), and
+    ``position_offset``: the text's first position id (0, or P as if the prefix were real tokens).
     """
 
     head_name = "head"
@@ -247,7 +248,8 @@ class EncoderClassifier(nn.Module):
         keep = max(int(mask.sum(dim=1).max()), 1) if ids.shape[1] else 1
         ids, mask = ids[:, :keep], mask[:, :keep]
         n, length = ids.shape
-        positions = torch.arange(length, device=ids.device).unsqueeze(0).expand(n, length)
+        start = self.prefix.position_offset if self.prefix is not None else 0
+        positions = torch.arange(start, start + length, device=ids.device).unsqueeze(0).expand(n, length)
         kwargs: dict = {"position_ids": positions}
         full_mask = mask
         virtual = 0
