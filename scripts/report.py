@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Thin wrapper: ``python scripts/report.py PATH... [--out DIR] [--target-accuracy X]``.
 
-The same as ``fedbench-report`` / ``python -m fedbench.report`` (see fedbench/report.py).
+The same as ``fedbench-report`` / ``python -m fedbench.report`` (see fedbench/report/).
 """
 
 from __future__ import annotations

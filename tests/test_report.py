@@ -8,14 +8,18 @@ import os
 import shutil
 import subprocess
 import sys
+from collections import Counter
 
 import numpy as np
 import pandas as pd
 import pytest
 from conftest import ROOT, run_cli
+from matplotlib.colors import to_hex
 
+import fedbench.report.figures as figures
 from fedbench import report as rep
-from fedbench.plots import FIGURES, pareto_front
+from fedbench.config import config_hash
+from fedbench.report import FIGURES, pareto_front
 
 TINY = [
     "fl.num_rounds=3",
@@ -225,7 +229,7 @@ def test_incomplete_and_unreadable_runs_are_skipped_with_a_warning(sweep, tmp_pa
     result = rep.report([str(sweep), str(extra)], tmp_path / "out", figures=False)
     err = capsys.readouterr().err
     for d in (killed, failed, garbled, short):
-        assert f"skipping {rep._display_path(d.resolve())}: " in err, err
+        assert f"skipping {rep.display_path(d.resolve())}: " in err, err
     assert "skipped 4 run folder(s)" in err
     assert "no summary.json" in err and "status 'failed'" in err and "unreadable summary.json" in err
     assert len(result["skipped"]) == 4
@@ -280,11 +284,17 @@ def _cli(args, tmp_path):
         (["SWEEP", "--target-fraction", "0"], 2, "must be in (0, 1]"),
         (["SWEEP", "--bogus"], 2, "unrecognized arguments: --bogus"),
         ([], 2, "the following arguments are required: PATH"),
+        (["TABLE", "SWEEP"], 2, "a saved runs table is reported on its own"),
+        (["NOT_A_TABLE"], 2, "is not a fedbench runs table (no column(s) run_dir,"),
+        (["GARBLED_TABLE"], 2, "cannot read GARBLED_TABLE.parquet as a runs table"),
     ],
 )
-def test_bad_input_is_one_line_nonzero_exit_and_no_output(sweep, tmp_path, args, code, message):
+def test_bad_input_is_one_line_nonzero_exit_and_no_output(sweep, reported, tmp_path, args, code, message):
     (tmp_path / "EMPTY").mkdir()
-    args = [str(sweep) if a == "SWEEP" else a for a in args]
+    pd.DataFrame({"round": [1], "accuracy": [0.5]}).to_parquet(tmp_path / "NOT_A_TABLE.parquet")
+    (tmp_path / "GARBLED_TABLE.parquet").write_text("not parquet")
+    places = {"SWEEP": str(sweep), "TABLE": str(reported[0] / "runs.parquet")}
+    args = [places.get(a, f"{a}.parquet" if a.endswith("_TABLE") else a) for a in args]
     res = _cli([*args, "--out", str(tmp_path / "out")], tmp_path)
     assert res.returncode == code, res.stderr
     lines = [ln for ln in res.stderr.splitlines() if not ln.startswith("fedbench-report: skipped")]
@@ -296,12 +306,10 @@ def test_bad_input_is_one_line_nonzero_exit_and_no_output(sweep, tmp_path, args,
 
 
 def test_no_half_written_output_when_a_figure_fails(sweep, tmp_path, monkeypatch):
-    import fedbench.plots
-
     def boom(*a, **k):
         raise RuntimeError("figure failed")
 
-    monkeypatch.setattr(fedbench.plots, "make_figures", boom)
+    monkeypatch.setattr(figures, "make_figures", boom)
     with pytest.raises(RuntimeError, match="figure failed"):
         rep.report([str(sweep)], tmp_path / "out")
     assert list(tmp_path.iterdir()) == []  # neither the output folder nor a temporary one
@@ -384,7 +392,7 @@ def test_labels_name_what_differs_between_configurations(sweep):
         if down is not None:
             cfg["compression"]["down"] = {"_target_": "fedbench.fl.comm.Int8", "granularity": "tensor"}
             ch["compression/down"] = down
-        s["config_hash"] = rep.config_hash(cfg)
+        s["config_hash"] = config_hash(cfg)
         run = rep.Run(path=path, summary=s, metrics=metrics)
         run.identity = rep.identity(s)
         return run
@@ -407,3 +415,259 @@ def test_labels_name_what_differs_between_configurations(sweep):
         "lora none r=4",
         "lora none r=16",
     ]
+
+
+# --------------------------------------------------------------------------- saved tables
+def test_a_saved_runs_table_gives_the_same_report(reported, sweep, tmp_path):
+    """``fedbench-report runs.parquet`` redraws a report without its run folders, number for number."""
+    out, first = reported
+    again = rep.report([str(out / "runs.parquet")], tmp_path / "again")
+    pd.testing.assert_frame_equal(
+        pd.read_csv(tmp_path / "again" / "summary.csv"), pd.read_csv(out / "summary.csv")
+    )
+    pd.testing.assert_frame_equal(again["runs"], pd.read_parquet(out / "runs.parquet"))
+    # per-run facts the summary needs are in the table (total_params from each summary.json)
+    by_name = _summaries(sweep)
+    for _, row in again["summary"].iterrows():
+        totals = {by_name[os.path.basename(d)]["total_params"] for d in row["run_dirs"].split()}
+        assert totals == {row["total_params"]}
+    for name in FIGURES:
+        assert (tmp_path / "again" / f"{name}.png").read_bytes() == (out / f"{name}.png").read_bytes(), name
+    old, new = (out / "summary.md").read_text(), (tmp_path / "again" / "summary.md").read_text()
+    assert "read from the saved runs table `runs.parquet`" in new.splitlines()[2]
+    assert old.splitlines()[3:] == new.splitlines()[3:]
+    # and through the command line, into the folder the table is in (as for docs/*/)
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    shutil.copy(out / "runs.parquet", copy / "runs.parquet")
+    res = _cli([str(copy / "runs.parquet"), "--out", str(copy), "--no-figures"], tmp_path)
+    assert res.returncode == 0, res.stderr
+    pd.testing.assert_frame_equal(pd.read_csv(copy / "summary.csv"), pd.read_csv(out / "summary.csv"))
+
+
+# --------------------------------------------------------------------------- figures
+def _table(configs: list[dict], seeds=(0, 1), rounds=4) -> pd.DataFrame:
+    """A runs table for made-up configurations (each a dict of identity columns)."""
+    rows = []
+    absent = {key: np.nan for c in configs for key in c}  # every identity column in every row
+    for k, ident in enumerate(configs):
+        cid = f"cfg{k:03d}"
+        for seed in seeds:
+            for r in range(1, rounds + 1):
+                per_round = 1000 * (k + 1)
+                rows.append(
+                    {
+                        "run_dir": f"runs/{cid}_s{seed}",
+                        **absent,
+                        "model": "tutorial_mlp",
+                        "method": "lora",
+                        "data": "tutorial",
+                        "strategy": "fedavg",
+                        "compression": "none",
+                        "compression_up": "none",
+                        "compression_down": "none",
+                        "rank": np.nan,
+                        "lr": 0.001,
+                        **ident,
+                        "seed": seed,
+                        "threads": 1,
+                        "config_hash": f"{cid}{seed}",
+                        "config_id": cid,
+                        # a table label full of config strings: legends must not show it
+                        "label": f"fedbench.methods.X._target_ {ident} data.partition=iid",
+                        "round": r,
+                        "accuracy": 0.1 + 0.04 * r + 0.01 * k + 0.003 * seed,
+                        "bytes_up": per_round,
+                        "bytes_down": per_round,
+                        "cum_bytes_up": per_round * r,
+                        "cum_bytes_down": per_round * r,
+                        "cum_bytes": 2 * per_round * r,
+                        "trainable_params": 100 * (k + 1),
+                        "elapsed_s": float(r),
+                    }
+                )
+    df = pd.DataFrame(rows)
+    df["cum_mb"] = df["cum_bytes"] / 1e6
+    return df
+
+
+METHOD_GRID = [
+    {
+        "method": m,
+        **({"rank": r} if m == "lora" else {}),
+        "compression": c,
+        "compression_up": c,
+        "compression_down": c,
+    }
+    for m, r in (("full", None), ("head_only", None), ("lora", 8))
+    for c in ("none", "bf16", "int8", "fp16")
+]  # 3 methods x 4 codecs = 12 configurations
+
+
+def _figure(configs, kind="accuracy_vs_mb"):
+    runs = _table(configs)
+    summary, how = rep.build_summary(runs)
+    layout = rep.plan(summary)
+    if kind == "pareto":
+        return figures.figure_pareto(summary, layout), layout
+    return figures.figure_accuracy(runs, summary, layout, how["target"], "cum_mb"), layout
+
+
+def _panels(fig):
+    return [ax for ax in fig.axes if ax.get_lines() or ax.collections]
+
+
+def _curves(ax) -> list:
+    return [ln for ln in ax.get_lines() if ln.get_label()[0] != "_"]  # not the target line
+
+
+def _legend_texts(fig) -> list[str]:
+    (legend,) = fig.legends
+    return [t.get_text() for t in legend.get_texts()]
+
+
+def test_legend_labels_are_short_and_built_from_the_factors_that_vary():
+    configs = [
+        {"method": "lora", "rank": 8, "strategy": "fedadam"},
+        {"method": "lora", "rank": 16, "strategy": "fedadam"},
+        {"method": "full", "strategy": "fedadam"},
+        {
+            "method": "full",
+            "strategy": "fedadam",
+            "compression": "topk_int8",
+            "compression_up": "topk",
+            "compression_down": "int8",
+            "fraction_up": 0.1,
+        },
+    ]
+    fig, _ = _figure(configs)
+    texts = _legend_texts(fig)
+    # FedAdam and the learning rate are the same everywhere: not named; the codec only where it varies
+    assert texts == [
+        "Full FT, float32",
+        "Full FT, top-k 10% + int8",
+        "LoRA r=8, float32",
+        "LoRA r=16, float32",
+    ] + [texts[-1]]
+    assert texts[-1].startswith("target ")
+    for t in texts[:-1]:
+        assert "_target_" not in t and "fedbench." not in t and "." not in t.split("=")[0] and len(t) <= 30, t
+    # partitions, clients and strategies read as people write them
+    other = [
+        {"partition": p, "partition_alpha": 0.5, "strategy": s, "num_clients": n, "clients_per_round": n}
+        for p, s, n in (
+            ("dirichlet", "fedavg", 5),
+            ("iid", "fedadam", 5),
+            ("iid", "fedavg", 1),
+            ("iid", "fedavg", 5),
+        )
+    ]
+    assert _legend_texts(_figure(other)[0])[:4] == [
+        "IID, FedAvg, 5 clients",
+        "IID, FedAvg, centralised (1 client)",
+        "IID, FedAdam, 5 clients",
+        "Dirichlet α=0.5, FedAvg, 5 clients",
+    ]
+
+
+def test_factors_implied_by_others_are_left_out_of_labels():
+    """An lr tuned per method, or an arm that is method + rank, says nothing the method does not."""
+    configs = [
+        {"method": "lora", "rank": 4, "lr": 0.005, "arm": "lora_r4"},
+        {"method": "lora", "rank": 16, "lr": 0.005, "arm": "lora_r16"},
+        {"method": "head_only", "lr": 0.01, "arm": "head_only"},
+    ]
+    summary, _ = rep.build_summary(_table(configs))
+    assert [f.name for f in rep.varying_factors(summary)] == ["method", "rank"]
+    assert rep.human_labels(summary) == ["LoRA r=4", "LoRA r=16", "Head only"]
+
+
+def test_more_than_eight_configurations_are_split_into_panels_with_shared_axes():
+    fig, layout = _figure(METHOD_GRID)
+    panels = _panels(fig)
+    assert len(panels) == 4  # one per codec: 3 configurations each, the fewest panels of <= 8
+    assert [ax.get_title() for ax in panels] == ["float32", "fp16", "bf16", "int8"]
+    assert [len(_curves(ax)) for ax in panels] == [3, 3, 3, 3]
+    for ax in panels[1:]:
+        assert ax.get_shared_x_axes().joined(panels[0], ax) and ax.get_shared_y_axes().joined(panels[0], ax)
+    # the panel's title says the codec, so the legend does not repeat it
+    assert _legend_texts(fig)[:-1] == ["Full FT", "Head only", "LoRA"]
+    pareto, _ = _figure(METHOD_GRID, "pareto")
+    assert len(_panels(pareto)) == 4
+    # eight or fewer: one panel
+    fig8, layout8 = _figure(METHOD_GRID[:8])
+    assert len(_panels(fig8)) == 1 and len(layout8.panels) == 1
+    assert len(_curves(_panels(fig8)[0])) == 8
+
+
+def _colours_by_label(fig, kind: str) -> tuple[dict[str, set], Counter]:
+    """Legend label -> the colours it is drawn in, over all panels; and in how many panels."""
+    colours: dict[str, set] = {}
+    panels: Counter = Counter()
+    for ax in _panels(fig):
+        if kind == "pareto":
+            items = [(c.get_label(), c.lines[0].get_color()) for c in ax.containers]
+        else:
+            items = [(ln.get_label(), ln.get_color()) for ln in ax.get_lines() if ln.get_label()[0] != "_"]
+        for label, colour in items:
+            colours.setdefault(label, set()).add(to_hex(colour))
+            panels[label] += 1
+    return colours, panels
+
+
+def test_a_method_keeps_one_colour_in_every_panel():
+    for kind in ("accuracy_vs_mb", "pareto"):
+        fig, _ = _figure(METHOD_GRID, kind)
+        colours, panels = _colours_by_label(fig, kind)
+        assert set(colours) == {"Full FT", "Head only", "LoRA"}, kind
+        assert all(len(c) == 1 for c in colours.values()), (kind, colours)  # one colour per method ...
+        assert len(set.union(*colours.values())) == 3, (kind, colours)  # ... and its own
+        assert set(panels.values()) == {4}, kind  # drawn in each of the four panels
+    # the second factor is the line style: LoRA's ranks share LoRA's colour, not its dashes
+    _, layout = _figure([{"method": "lora", "rank": r} for r in (4, 8)] + [{"method": "full"}])
+    styles = dict(layout.entries())
+    assert styles["LoRA r=4"].color == styles["LoRA r=8"].color != styles["Full FT"].color
+    assert styles["LoRA r=4"].linestyle != styles["LoRA r=8"].linestyle
+    assert styles["LoRA r=4"].marker != styles["LoRA r=8"].marker
+
+
+def test_report_figures_of_a_real_sweep_name_methods_not_configs(reported):
+    _, result = reported
+    summary = result["summary"]
+    fig = figures.figure_accuracy(result["runs"], summary, rep.plan(summary), 0.2, "round")
+    assert _legend_texts(fig) == ["Full FT", "Head only", "LoRA", "target 0.200"]
+
+
+def test_the_report_package_has_no_import_cycles():
+    """Each module imports only modules before it (errors -> ... -> cli), never the package."""
+    import ast
+
+    pkg = ROOT / "fedbench" / "report"
+    graph = {}
+    for path in sorted(pkg.glob("*.py")):
+        name = path.stem
+        deps = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            mods = []
+            if isinstance(node, ast.ImportFrom) and node.module:
+                mods = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+            elif isinstance(node, ast.Import):
+                mods = [a.name for a in node.names]
+            for m in mods:
+                if m == "fedbench.report" and name not in ("__init__", "__main__"):
+                    raise AssertionError(f"{name} imports the package fedbench.report")
+                if m.startswith("fedbench.report.") and (pkg / f"{m.split('.')[2]}.py").is_file():
+                    deps.add(m.split(".")[2])
+        graph[name] = deps - {name}
+    assert "plots.py" not in {p.name for p in (ROOT / "fedbench").iterdir()}
+    done: set[str] = set()
+
+    def visit(n, stack):
+        assert n not in stack, f"import cycle: {' -> '.join([*stack, n])}"
+        if n not in done:
+            for d in graph.get(n, ()):
+                visit(d, [*stack, n])
+            done.add(n)
+
+    for n in graph:
+        visit(n, [])

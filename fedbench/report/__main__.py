@@ -4,4 +4,5 @@ import sys
 
 from fedbench.report.cli import main
 
-sys.exit(main())
+if __name__ == "__main__":  # not on a mere import (tools that walk packages import every module)
+    sys.exit(main())

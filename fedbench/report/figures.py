@@ -58,7 +58,7 @@ LINESTYLES = (
     (0, (4, 1, 1, 1, 1, 1)),
 )
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
-HATCHES = ("", "////", "....", "xxxx", "\\\\\\\\", "++++", "oo", "--")
+HATCHES = ("", "///", "..", "xx", "\\\\\\", "++", "oo", "--")
 _RC = {
     "figure.dpi": 100,
     "axes.spines.top": False,
@@ -66,6 +66,7 @@ _RC = {
     "svg.hashsalt": "fedbench",
     "pdf.fonttype": 42,
     "font.size": 9,
+    "hatch.linewidth": 0.6,
 }
 
 
@@ -85,31 +86,24 @@ class Layout:
     Rows are positions in ``summary``; ``panels`` holds (title, rows) in display order.
     """
 
-    factors: list[Factor]
-    colour: Factor | None
-    facets: list[Factor]
-    styles: list[Factor]
+    factors: list[Factor]  # every varying factor, in priority order
+    colour: Factor | None  # the first of them
+    facets: list[Factor]  # one panel per combination of their values
+    styles: list[Factor]  # the others: line style, then marker
     panels: list[tuple[str, list[int]]]
     style: list[Style]
     legend: list[str]
 
     def entries(self) -> list[tuple[str, Style]]:
-        """The legend: each (label, style) once, in panel-then-row order."""
+        """The legend: each (label, style) once, in display order."""
         seen: dict[str, Style] = {}
-        order = sorted((i for _, rows in self.panels for i in rows), key=lambda i: self._row_key(i))
-        for i in order:
+        for i in sorted(range(len(self.legend)), key=self.row_key):
             seen.setdefault(self.legend[i], self.style[i])
         return list(seen.items())
 
-    def _row_key(self, i: int) -> tuple:
+    def row_key(self, i: int) -> tuple:
+        """Display order inside a panel and in the legend: by colour, then by style."""
         return (*(f.keys[i] for f in [*([self.colour] if self.colour else []), *self.styles]), i)
-
-
-def _index(f: Factor | None, i: int) -> int:
-    """Position of row ``i``'s value among the factor's values ("" -> 0: shares the first style)."""
-    if f is None or not f.values[i]:
-        return 0
-    return [v for v in f.order() if v].index(f.values[i])
 
 
 def _choose_facets(rest: list[Factor], n: int) -> list[Factor]:
@@ -132,6 +126,62 @@ def _choose_facets(rest: list[Factor], n: int) -> list[Factor]:
     return best
 
 
+def _position(f: Factor, v: str) -> int:
+    """Index of ``v`` among the factor's values; "" (not applicable) shares the first style."""
+    return [x for x in f.order() if x].index(v) if v else 0
+
+
+def _styles(n: int, factors: list[Factor], colour: Factor | None, styles: list[Factor]) -> list[Style]:
+    """Colour from ``colour``; line style from ``styles[0]``; marker from the rest (else as the line).
+
+    The same (colour, style) values get the same style in every panel, and two different
+    configurations never get the same colour, line and marker.
+    """
+    colours = {}
+    if colour is not None:
+        colours = {v: PALETTE[k % len(PALETTE)] for k, v in enumerate(v for v in colour.order() if v)}
+    combos = sorted(
+        {tuple(f.values[i] for f in styles[1:]) for i in range(n)},
+        key=lambda key: [(v == "", styles[1 + j].order().index(v)) for j, v in enumerate(key)],
+    )
+    given: dict[tuple, Style] = {}
+    taken: set[tuple] = set()
+    for i in sorted(range(n), key=lambda i: tuple(f.keys[i] for f in factors)):
+        what = tuple(f.values[i] for f in [*([colour] if colour else []), *styles])
+        if what in given:
+            continue
+        line = _position(styles[0], styles[0].values[i]) if styles else 0
+        mark = combos.index(tuple(f.values[i] for f in styles[1:])) if len(styles) > 1 else line
+        color = colours.get(colour.values[i], NOT_APPLICABLE) if colour is not None else PALETTE[0]
+        while (color, line, mark) in taken:
+            mark += 1
+        taken.add((color, line, mark))
+        given[what] = Style(
+            color,
+            LINESTYLES[line % len(LINESTYLES)],
+            MARKERS[mark % len(MARKERS)],
+            HATCHES[line % len(HATCHES)],
+        )
+    return [given[tuple(f.values[i] for f in [*([colour] if colour else []), *styles])] for i in range(n)]
+
+
+def _legend_labels(summary: pd.DataFrame, factors: list[Factor], facets: list[Factor]) -> list[str]:
+    """Each configuration's label without its panel's facet values (the panel title says them)."""
+    n = len(summary)
+    inside = [f for f in factors if f not in facets]
+    if not inside:  # nothing varies inside a panel: name the method
+        legend = [METHOD_NAMES.get(str(m), str(m)) for m in summary["method"]]
+    else:
+        legend = [join_parts([(f.values[i], f.with_method) for f in inside]) for i in range(n)]
+    # configurations that no described factor tells apart get their id's first digits
+    full = [join_parts([(f.values[i], f.with_method) for f in factors]) for i in range(n)]
+    count = Counter(full)
+    return [
+        f"{lab} [{str(cid)[:6]}]" if count[whole] > 1 else lab
+        for lab, whole, cid in zip(legend, full, summary["config_id"])
+    ]
+
+
 def plan(summary: pd.DataFrame) -> Layout:
     """Colour, style, facets and legend labels for ``summary``'s configurations."""
     n = len(summary)
@@ -139,50 +189,25 @@ def plan(summary: pd.DataFrame) -> Layout:
     colour = factors[0] if factors else None
     facets = _choose_facets(factors[1:], n)
     styles = [f for f in factors[1:] if f not in facets]
-    colours: dict[str, str] = {}
-    if colour is not None:
-        colours = {v: PALETTE[k % len(PALETTE)] for k, v in enumerate(v for v in colour.order() if v)}
-    combos = []  # marker: the style factors after the first, together
-    for i in range(n):
-        key = tuple(f.values[i] for f in styles[1:])
-        if any(key) and key not in combos:
-            combos.append(key)
-    combos.sort(key=lambda key: [styles[1 + j].order().index(v) for j, v in enumerate(key)])
-    style = []
-    for i in range(n):
-        line = _index(styles[0] if styles else None, i)
-        key = tuple(f.values[i] for f in styles[1:])
-        mark = (combos.index(key) if key in combos else 0) if len(styles) > 1 else line
-        color = colours.get(colour.values[i], NOT_APPLICABLE) if colour is not None else PALETTE[0]
-        style.append(
-            Style(
-                color,
-                LINESTYLES[line % len(LINESTYLES)],
-                MARKERS[mark % len(MARKERS)],
-                HATCHES[line % len(HATCHES)],
-            )
-        )
-    inside = [f for f in factors if f not in facets]
-    legend = [join_parts([(f.values[i], f.with_method) for f in inside]) for i in range(n)]
-    if not inside:  # nothing varies inside a panel: name the method
-        legend = [METHOD_NAMES.get(str(m), str(m)) for m in summary["method"]]
-    # configurations no described factor tells apart get their id's first digits
-    full = Counter(join_parts([(f.values[i], f.with_method) for f in factors]) for i in range(n))
-    for i, cid in enumerate(summary["config_id"]):
-        if full[join_parts([(f.values[i], f.with_method) for f in factors])] > 1:
-            legend[i] = f"{legend[i]} [{str(cid)[:6]}]"
+    layout = Layout(
+        factors,
+        colour,
+        facets,
+        styles,
+        panels=[],
+        style=_styles(n, factors, colour, styles),
+        legend=_legend_labels(summary, factors, facets),
+    )
     groups: dict[tuple, list[int]] = {}
     for i in range(n):
         groups.setdefault(tuple(f.values[i] for f in facets), []).append(i)
-    layout = Layout(factors, colour, facets, styles, [], style, legend)
-    panels = []
     for key in sorted(groups, key=lambda k: tuple(f.keys[groups[k][0]] for f in facets)):
-        rows = sorted(groups[key], key=layout._row_key)
+        rows = sorted(groups[key], key=layout.row_key)
         title = join_parts([(v, f.with_method) for v, f in zip(key, facets)])
         chunks = [rows[k : k + MAX_PER_PANEL] for k in range(0, len(rows), MAX_PER_PANEL)]
         for c, chunk in enumerate(chunks):
-            panels.append((title + (f" ({c + 1}/{len(chunks)})" if len(chunks) > 1 else ""), chunk))
-    layout.panels = panels
+            part = f"({c + 1}/{len(chunks)})" if len(chunks) > 1 else ""
+            layout.panels.append((" ".join(t for t in (title, part) if t), chunk))
     return layout
 
 
@@ -193,10 +218,17 @@ def _seeds_note(summary: pd.DataFrame) -> str:
     return f"mean over {seeds}" + ("; band = min-max over seeds" if max(n) > 1 else "")
 
 
+def _mb(v: float) -> str:
+    """Plain numbers as people read MB: 0.05, 2, 300, 2,708, 10k."""
+    if v >= 10_000:
+        return f"{v / 1000:g}k"
+    return f"{v:,.0f}" if v >= 100 else f"{v:.3g}"
+
+
 def _log_axis(axis, small: bool = False) -> None:
     """Log scale with plain tick labels at 1, 2, 5 x 10^k (small panels: 10^k only)."""
     axis.set_major_locator(mticker.LogLocator(base=10, subs=(1.0,) if small else (1.0, 2.0, 5.0)))
-    axis.set_major_formatter(mticker.FuncFormatter(lambda v, _: f"{v:g}"))
+    axis.set_major_formatter(mticker.FuncFormatter(lambda v, _: _mb(v)))
     axis.set_minor_formatter(mticker.NullFormatter())
 
 
@@ -352,7 +384,7 @@ def figure_mb_to_target(summary, layout: Layout, target) -> Figure:
                     linewidth=0.6,
                     zorder=3,
                 )
-                text = f"{row['mb_to_target']:.3g} MB, r{int(row['rounds_to_target'])}"
+                text = f"{_mb(row['mb_to_target'])} MB, r{int(row['rounds_to_target'])}"
                 ax.annotate(
                     text,
                     (row["mb_to_target"], y),
@@ -432,6 +464,7 @@ def figure_pareto(summary, layout: Layout) -> Figure:
                 markersize=6,
                 capsize=2.5,
                 linestyle="none",
+                label=layout.legend[i],
                 zorder=3,
             )
             if front[i]:
