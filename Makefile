@@ -37,8 +37,8 @@ reproduce: install  ## the tutorial reproduction, checked against its logged num
 sweep: install  ## the comm_efficiency sweep (joblib) and its report into docs/comm_efficiency
 	bash scripts/sweep_comm_efficiency.sh
 
-fixtures: install  ## re-record the seed script's numbers (needs ../shared/seed)
-	$(BIN)/python scripts/seed_reference.py --fixture tests/fixtures/seed_reference.json
+fixtures: install  ## record the seed script's numbers for this machine's kernels (needs ../shared/seed)
+	$(BIN)/python scripts/seed_reference.py --fixture tests/fixtures/seed_reference.$$($(BIN)/python scripts/seed_reference.py --fingerprint).json
 
 lint: install
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
@@ -99,10 +100,9 @@ def _exit_now(code: int) -> None:
     output and log handlers are flushed first."""
     logging.shutdown()
     for stream in (sys.stdout, sys.stderr):
-        try:
+        # e.g. `fedbench ... | head`: the reader is gone, the run folder is complete
+        with contextlib.suppress(OSError):
             stream.flush()
-        except OSError:  # e.g. `fedbench ... | head`: the reader is gone, the run folder is complete
-            pass
     os._exit(code)
 
 

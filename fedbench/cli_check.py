@@ -56,7 +56,8 @@ def _parse(overrides: list[str]):
     try:
         return OverridesParser.create().parse_overrides(overrides)
     except OverrideParseException as exc:
-        raise CommandLineError(f"cannot parse the override {exc.override!r}: {exc.message}") from None
+        reason = str(exc.message).strip().splitlines()[0]
+        raise CommandLineError(f"cannot parse the override {exc.override!r}: {reason}") from None
 
 
 def _section(key: str) -> tuple[str, str | None]:

@@ -15,7 +15,7 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, List, Optional
+from typing import Any, List, Optional  # noqa: UP035 (OmegaConf reads typing generics)
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -257,8 +257,9 @@ def instantiate(section: Any, key: str) -> Any:
         raise ConfigError(key, "must be a config group option with a _target_")
     data = OmegaConf.to_container(section, resolve=True) if isinstance(section, DictConfig) else dict(section)
     entry = registry.lookup(data.pop("_target_"), key)
-    obj = _merge_into(entry.cls, data, key, _option(entry, key))
-    check_choices(obj, key)
+    with registry.building(key):
+        obj = _merge_into(entry.cls, data, key, _option(entry, key))
+        check_choices(obj, key)
     return obj
 
 

@@ -23,9 +23,11 @@ plugin component without a YAML of its own is offered under ``<group>/<name>`` d
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib
 import pkgutil
+from contextvars import ContextVar
 from dataclasses import dataclass
 from importlib.metadata import entry_points
 
@@ -54,6 +56,7 @@ class Entry:
         return f"{self.cls.__module__}.{self.cls.__qualname__}"
 
 
+_building: ContextVar[str | None] = ContextVar("fedbench_building", default=None)
 _entries: dict[str, Entry] = {}  # target -> entry
 _by_name: dict[tuple[str, str], Entry] = {}
 _loaded = False
@@ -178,8 +181,26 @@ def choice(default: str, choices: tuple[str, ...], **kw):
     return dataclasses.field(default=default, metadata={"choices": tuple(choices)}, **kw)
 
 
-def check_choices(obj: object, key: str) -> None:
-    """Refuse a value outside a ``choice`` field's allowed values (one line)."""
+@contextlib.contextmanager
+def building(key: str):
+    """While a component is built from config section ``key`` (e.g. ``compression.up``), its
+    checks name the key in their errors (:func:`config_key`)."""
+    token = _building.set(key)
+    try:
+        yield
+    finally:
+        _building.reset(token)
+
+
+def config_key(default: str) -> str:
+    """The config key of the component being built, or ``default`` outside :func:`building`."""
+    return _building.get() or default
+
+
+def check_choices(obj: object, key: str | None = None) -> None:
+    """Refuse a value outside a ``choice`` field's allowed values (one line). Components call it
+    from ``__post_init__``; ``key`` defaults to the section being built."""
+    key = key or config_key(type(obj).__name__)
     for f in dataclasses.fields(obj):
         choices = f.metadata.get("choices")
         if choices and getattr(obj, f.name) not in choices:

@@ -20,12 +20,12 @@ from omegaconf import DictConfig
 
 import fedbench
 from fedbench import checkpoint, registry
-from fedbench.registry import CONFIG_GROUPS
 from fedbench.config import RunSpec, config_hash, validate
 from fedbench.errors import ConfigError
 from fedbench.fl.faults import FaultPlan
 from fedbench.fl.state import FlatParams
 from fedbench.fl.vectorized import make_engine
+from fedbench.registry import CONFIG_GROUPS
 from fedbench.results import (
     COLUMNS,
     INT_COLUMNS,

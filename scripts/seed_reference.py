@@ -9,7 +9,8 @@ the requested field overrides, and records the history its ``FoundationServer.tr
     python scripts/seed_reference.py --set num_rounds=8 --set seed=7 --threads 2
 
 prints one JSON object: {"config": {...}, "threads": N, "torch": "...", "accuracy": [...]}.
-Used to build ``tests/fixtures/seed_reference.json`` (see ``make fixtures``) and by
+Used to build the per-machine references ``tests/fixtures/seed_reference*.json`` (see
+``make fixtures``; each records the machine's :func:`numeric_fingerprint`) and by
 ``scripts/bench.py``, which runs the extracted script as its own process.
 """
 
@@ -23,6 +24,35 @@ import sys
 from pathlib import Path
 
 DEFAULT_SEED_MD = Path(__file__).resolve().parents[1].parent / "shared" / "seed" / "tutorial_166.md"
+
+
+def numeric_fingerprint() -> str:
+    """12 hex digits naming how this machine's torch rounds the tutorial's kernels.
+
+    The seed's numbers depend on the CPU's BLAS kernels (AVX2 and AVX-512 MKL paths round matmuls
+    differently), not only on torch's version. This hashes the exact bits of the operations the
+    tutorial runs (its matmul shapes, both weight-gradient layouts, log-softmax) at 1 and 2 threads,
+    so two machines with the same fingerprint give the seed the same numbers.
+    """
+    import hashlib
+
+    import torch
+
+    before = torch.get_num_threads()
+    gen = torch.Generator().manual_seed(0)
+    h = hashlib.sha256(torch.__version__.encode())
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            for m, k, n in ((16, 128, 256), (16, 256, 256), (16, 256, 10), (64, 256, 10), (500, 256, 10)):
+                a = torch.randn(m, k, generator=gen)
+                b = torch.randn(k, n, generator=gen)
+                g = torch.randn(m, n, generator=gen)
+                for t in (a.mm(b), g.t().mm(a), a.t().mm(g).t(), torch.log_softmax(a.mm(b), 1)):
+                    h.update(t.contiguous().numpy().tobytes())
+    finally:
+        torch.set_num_threads(before)
+    return h.hexdigest()[:12]
 
 
 def extract_seed_code(md_path: Path) -> str:
@@ -138,6 +168,7 @@ def write_fixture(code: str, path: Path, seed_md: Path) -> None:
         "produced_by": "python scripts/seed_reference.py --fixture " + str(path)
         + " (runs the unmodified seed script from shared/seed/tutorial_166.md once per case,"
         " in a fresh process, at the thread count recorded per case)",
+        "fingerprint": numeric_fingerprint(),
         "cases": cases,
     }
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -151,7 +182,11 @@ def main(argv=None) -> None:
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     ap.add_argument("--write-code", type=Path, help="only write the extracted script here")
     ap.add_argument("--fixture", type=Path, help="run all FIXTURE_CASES and write them here")
+    ap.add_argument("--fingerprint", action="store_true", help="print this machine's numeric fingerprint")
     args = ap.parse_args(argv)
+    if args.fingerprint:
+        print(numeric_fingerprint())
+        return
     code = extract_seed_code(args.seed_md)
     if args.fixture:
         write_fixture(code, args.fixture, args.seed_md)

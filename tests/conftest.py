@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -22,13 +21,10 @@ def compose_cfg(overrides: list[str] | tuple[str, ...] = ()):
     return compose(list(overrides))
 
 
-def seed_fixture() -> dict:
-    return json.loads((FIXTURES / "seed_reference.json").read_text())
-
-
-def run_cli(args: list[str], cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
-    """``python -m fedbench ARGS`` in a fresh process (outputs go under ``cwd``)."""
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
+def run_cli(args: list[str], cwd: Path, timeout: float = 300, extra_path=()) -> subprocess.CompletedProcess:
+    """``python -m fedbench ARGS`` in a fresh process (outputs go under ``cwd``); ``extra_path``
+    folders go on its ``PYTHONPATH`` before the repository."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([*map(str, extra_path), str(ROOT)]))
     return subprocess.run([sys.executable, "-m", "fedbench", *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=timeout)
 

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-
 from conftest import compose_cfg
+
 from fedbench.run import run
 
 SHORT = ["fl.num_rounds=2"]

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-
 from conftest import compose_cfg
+
 from fedbench.config import validate
-from fedbench.models.tutorial_mlp_fast import TutorialMLPStep
+from fedbench.fl.mlp_step import TutorialMLPStep, fast_step
 from fedbench.run import build, run
 
 SHAPES = {
@@ -33,7 +33,7 @@ def test_step_equals_autograd(method, shape, threads):
     extra = LORA_CHANGED if (method, shape) == ("lora", "changed") else []
     spec = validate(compose_cfg([f"method={method}", *SHAPES[shape], *extra]))
     _, model, state = build(spec)
-    step = model.fast_step(state)
+    step = fast_step(model, state)
     assert isinstance(step, TutorialMLPStep)
     gen = torch.Generator().manual_seed(1)
     # move away from the init (LoRA B = 0 makes some gradients trivially zero)
@@ -51,7 +51,7 @@ def test_step_equals_autograd(method, shape, threads):
 def test_step_declines_what_it_does_not_cover():
     spec = validate(compose_cfg(["model.use_bias=true"]))
     _, model, state = build(spec)
-    assert model.fast_step(state) is None  # base biases in forward: autograd path
+    assert fast_step(model, state) is None  # base biases in forward: autograd path
 
 
 def test_runs_equal_with_and_without_fast_step():

@@ -7,8 +7,8 @@ import math
 
 import pytest
 import torch
-
 from conftest import compose_cfg
+
 from fedbench.config import ConfigError, validate
 from fedbench.fl.engine import check_update
 from fedbench.fl.faults import KINDS, corrupt

@@ -1,7 +1,11 @@
 """Frozen-feature caching (head-only): the cached run equals the uncached one.
 
-Bit for bit on the tutorial's batch sizes (every batch has >= 4 rows); batches of 1-3 rows use
-matrix-vector kernels that round differently, so there the check is to float tolerance.
+Bit for bit where the machine's matmul gives each row the same bits whatever the number of rows
+in the batch (then on the tutorial's batch sizes; batches of 1-3 rows use matrix-vector kernels
+that round differently, so there the check is to float tolerance). Some BLAS paths (MKL's
+AVX-512 kernels on some CPUs) block rows differently by batch size: features computed 64 rows at
+a time then differ from the training batches' in the last bits, and the check is to float
+tolerance (``rows_independent`` probes which case this machine is).
 """
 
 from __future__ import annotations
@@ -28,6 +32,36 @@ SMALL = ["method=head_only", "model.hidden_dim=48", "model.num_layers=2", "data.
          "data.test_size=200", "fl.num_rounds=4", "fl.num_clients=6", "fl.clients_per_round=3"]
 
 
+def rows_independent(threads: int, hidden: int = 48) -> bool:
+    """Whether this machine's Linear layers of the tested MLP (128 -> hidden -> hidden -> 10) give
+    a row the same bits in a batch of 16, 32 or 64 rows as in one of 100."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        gen = torch.Generator().manual_seed(0)
+        for fan_in, fan_out in ((128, hidden), (hidden, hidden), (hidden, 10)):
+            x, w = torch.randn(100, fan_in, generator=gen), torch.randn(fan_out, fan_in, generator=gen)
+            full = nn.functional.linear(x, w)
+            for c in (16, 32, 64):
+                if not torch.equal(full, torch.cat([nn.functional.linear(x[i:i + c], w) for i in range(0, 100, c)])):
+                    return False
+        return True
+    finally:
+        torch.set_num_threads(before)
+
+
+def assert_same_run(a: list[dict], b: list[dict], exact: bool) -> None:
+    if exact:
+        assert a == b  # accuracy, test and train loss, bytes: identical
+        return
+    for x, y in zip(a, b, strict=True):
+        assert {k: v for k, v in x.items() if "loss" not in k and k != "accuracy"} == \
+            {k: v for k, v in y.items() if "loss" not in k and k != "accuracy"}
+        assert y["accuracy"] == pytest.approx(x["accuracy"], abs=0.01)
+        assert y["train_loss"] == pytest.approx(x["train_loss"], rel=1e-5)
+        assert y["test_loss"] == pytest.approx(x["test_loss"], rel=1e-5)
+
+
 def _run(overrides, cache, kind="exact", threads=1, rounds=None):
     torch.set_num_threads(threads)
     spec = validate(compose_cfg([*overrides, f"threads={threads}"]))
@@ -47,13 +81,13 @@ def test_cached_equals_uncached_bit_for_bit(threads):
     cached, b = _run(SMALL, cache=True, threads=threads, rounds=rounds)
     assert not isinstance(plain.model, HeadModel) and isinstance(cached.model, HeadModel)
     assert cached.step is not None  # the hand-written head step still applies
-    assert a == b  # accuracy, test and train loss, bytes: identical
+    assert_same_run(a, b, rows_independent(threads))
 
 
 def test_default_tutorial_head_only_identical():
     _, a = _run(["method=head_only", "fl.num_rounds=3"], cache=False)
     _, b = _run(["method=head_only", "fl.num_rounds=3"], cache=True)
-    assert a == b
+    assert_same_run(a, b, rows_independent(1, 256))
 
 
 def test_small_batches_equal_to_tolerance():
@@ -98,8 +132,9 @@ def test_features_are_what_the_head_sees():
     data, model, state = build(spec)
     x, _ = data.clients[0]
     feats = backbone_features(model, x, chunk=32)
+    exact = rows_independent(torch.get_num_threads())
     with torch.no_grad():
-        torch.testing.assert_close(model.head(feats), model(x), rtol=0, atol=0)
+        torch.testing.assert_close(model.head(feats), model(x), rtol=0 if exact else 1e-5, atol=0 if exact else 1e-6)
 
 
 def test_not_cacheable_when_more_than_the_head_trains_or_backbone_is_random():

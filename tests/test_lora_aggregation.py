@@ -7,12 +7,12 @@ import pytest
 import torch
 from conftest import compose_cfg, run_cli
 
-from fedbench.config import ConfigError, validate
+from fedbench.config import ConfigError, config_hash, validate
 from fedbench.fl.comm import NoCompression
 from fedbench.fl.engine import Engine
-from fedbench.fl.lora_aggregation import ExactLoRA
 from fedbench.fl.strategies import FedAvg, Median
 from fedbench.methods.lora import LoRALinear
+from fedbench.methods.lora_exact import ExactLoRA
 from fedbench.run import build, run, set_threads
 
 IN, HID, LAYERS, R, HEAD = 128, 256, 4, 4, 10 * 256 + 10
@@ -31,14 +31,13 @@ class Recording(NoCompression):
         return out
 
 
-def _engine(extra=(), method_arg=True):
+def _engine(extra=()):
     spec = validate(compose_cfg(["threads=1", "fl.clients_per_round=4", *extra]))
     set_threads(spec.threads)  # as run() does (conftest restores the count afterwards)
     data, model, state = build(spec)
     up = Recording()
     engine = Engine(model=model, state=state, data=data, fl=spec.fl, strategy=spec.strategy,
-                    codec_up=up, codec_down=spec.compression_down,
-                    method=spec.method if method_arg else None)
+                    codec_up=up, codec_down=spec.compression_down, method=spec.method)
     return spec, model, state, engine, up
 
 
@@ -52,9 +51,8 @@ def _dense_mean(updates, sizes, name, scale):
                for n, u in zip(sizes, updates))
 
 
-@pytest.mark.parametrize("method_arg", [True, False], ids=["Engine(method=...)", "method recorded on the model"])
-def test_exact_merges_the_dense_mean_of_client_updates_and_naive_does_not(method_arg):
-    spec, model, state, engine, up = _engine(["+method.aggregation=exact"], method_arg)
+def test_exact_merges_the_dense_mean_of_client_updates_and_naive_does_not():
+    spec, model, state, engine, up = _engine(["method.aggregation=exact"])
     before = {n: m.base.weight.detach().clone() for n, m in _layers(model)}
     a0 = {n: m.lora_A.detach().clone() for n, m in _layers(model)}
     row = engine.run_round()
@@ -81,7 +79,7 @@ def test_exact_merges_the_dense_mean_of_client_updates_and_naive_does_not(method
 
 
 def test_exact_with_a_robust_strategy_aggregates_the_dense_products():
-    spec, model, state, engine, up = _engine(["+method.aggregation=exact", "strategy=median"])
+    spec, model, state, engine, up = _engine(["method.aggregation=exact", "strategy=median"])
     before = {n: m.base.weight.detach().clone() for n, m in _layers(model)}
     engine.run_round()
     for name, mod in _layers(model):
@@ -92,7 +90,7 @@ def test_exact_with_a_robust_strategy_aggregates_the_dense_products():
 
 def test_exact_unit_with_known_factors():
     """Three clients with random factors; the merge is exactly sum_k p_k s A_k B_k."""
-    spec = validate(compose_cfg(["+method.aggregation=exact", "model.hidden_dim=32", "model.num_layers=2"]))
+    spec = validate(compose_cfg(["method.aggregation=exact", "model.hidden_dim=32", "model.num_layers=2"]))
     _, model, state = build(spec)
     proto = ExactLoRA(model, state)
     g = torch.Generator().manual_seed(0)
@@ -123,7 +121,7 @@ def _catch_up_bytes(df, merge):
 
 
 def test_exact_downlink_bytes_are_what_is_sent_stacked_factors_grow_with_clients():
-    df = run(compose_cfg(["+method.aggregation=exact", "fl.num_rounds=5", "threads=1", "fl.dropout=0.3"]))
+    df = run(compose_cfg(["method.aggregation=exact", "fl.num_rounds=5", "threads=1", "fl.dropout=0.3"]))
     stacked_per_client = R * sum(i + o for i, o in DIMS) * 4  # one client's r (in + out) values
     merge = [int(k) * stacked_per_client for k in df["reported"]]
     assert df["bytes_down"].tolist() == _catch_up_bytes(df, merge)
@@ -132,13 +130,13 @@ def test_exact_downlink_bytes_are_what_is_sent_stacked_factors_grow_with_clients
 
 
 def test_exact_with_a_server_optimizer_sends_the_dense_update():
-    df = run(compose_cfg(["+method.aggregation=exact", "strategy=fedadam", "fl.num_rounds=3", "threads=1"]))
+    df = run(compose_cfg(["method.aggregation=exact", "strategy=fedadam", "fl.num_rounds=3", "threads=1"]))
     dense = sum(i * o for i, o in DIMS) * 4
     assert df["bytes_down"].tolist() == _catch_up_bytes(df, [dense] * 3)
 
 
 def test_ffa_trains_and_sends_only_b_and_the_head():
-    spec, model, state, engine, up = _engine(["+method.aggregation=ffa"])
+    spec, model, state, engine, up = _engine(["method.aggregation=ffa"])
     a0 = {n: m.lora_A.detach().clone() for n, m in _layers(model)}
     row = engine.run_round()
     assert all(".lora_A" not in n for n in state.names)
@@ -154,11 +152,14 @@ def test_naive_is_the_default_and_unchanged():
     assert spec.method.aggregation == "naive"
     _, model, state = build(spec)
     assert spec.method.server_protocol(model, state) is None
-    assert "aggregation" not in spec.resolved["method"]  # default runs keep their config hash
+    # the field is in the composed config, yet runs at the default keep the hash they had
+    # before it existed (a resolved config without it)
+    without = {**spec.resolved, "method": {k: v for k, v in spec.resolved["method"].items() if k != "aggregation"}}
+    assert "aggregation" in spec.resolved["method"] and config_hash(without) == spec.config_hash
 
 
 def test_bad_aggregation_is_refused(tmp_path):
     with pytest.raises(ConfigError, match="^method.aggregation='mean': must be one of: naive, ffa, exact"):
-        validate(compose_cfg(["+method.aggregation=mean"]))
-    res = run_cli(["+method.aggregation=mean"], cwd=tmp_path)
+        validate(compose_cfg(["method.aggregation=mean"]))
+    res = run_cli(["method.aggregation=mean"], cwd=tmp_path)
     assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import compose_cfg
 from torch import nn
 
-from conftest import compose_cfg
 from fedbench.config import ConfigError, validate
 from fedbench.fl.engine import Engine
 from fedbench.methods.full import Full
@@ -88,6 +88,7 @@ class _TinyNet(nn.Module):
     """Not the tutorial MLP: other module names, a bias, a non-Linear layer."""
 
     head_name = "classifier"
+    architecture = "mlp"  # LoRA's default for it: every nn.Linear but the head
 
     def __init__(self):
         super().__init__()

@@ -232,9 +232,9 @@ def test_output_does_not_depend_on_padding(method):
 
 # -- refusals ---------------------------------------------------------------------------------
 @pytest.mark.parametrize("overrides,needle", [
-    (["method=prefix_tuning"], "method=prefix_tuning: .*no attention layers"),
-    (["method=prompt_tuning"], "method=prompt_tuning: .*no attention layers"),
-    (["method=adapter"], "method=adapter: .*no attention layers"),
+    (["method=prefix_tuning"], "method=prefix_tuning: .*architectures this method knows: bert"),
+    (["method=prompt_tuning"], "method=prompt_tuning: .*architectures this method knows: bert"),
+    (["method=adapter"], "method=adapter: .*architectures this method knows: bert"),
     (["method=bitfit"], "method=bitfit: .*has none"),
     (["method=selective", "method.last_k=5"], "method.last_k=5: must be <= the model's 4 blocks"),
     (["model=tiny_bert", "data=bbc", "method=selective", "method.last_k=3"], "method.last_k=3"),

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-
 from conftest import ROOT, StopAfter, compose_cfg, run_cli
+
 from fedbench import checkpoint
 from fedbench.run import run
 

@@ -121,8 +121,8 @@ def test_every_server_optimizer_runs_and_learns(strategy):
 @pytest.mark.parametrize("extra", [
     ["strategy=fedadam", "compression=topk"],
     ["strategy=fedavgm", "compression=topk_int8", "fl.dropout=0.3"],
-    ["strategy=fedadam", "+method.aggregation=exact", "compression/up=topk", "compression/down=int8"],
-    ["+method.aggregation=exact", "compression=topk_int8"],
+    ["strategy=fedadam", "method.aggregation=exact", "compression/up=topk", "compression/down=int8"],
+    ["method.aggregation=exact", "compression=topk_int8"],
 ], ids=["fedadam-topk", "fedavgm-topk-int8-dropout", "exact-fedadam-dense", "exact-fedavg-stacked"])
 def test_interrupted_run_with_server_and_codec_state_resumes_bit_for_bit(tmp_path, extra):
     cfg = compose_cfg([*SMALL, *extra])

@@ -147,7 +147,7 @@ def test_partition_seed_decouples_the_split_from_the_run_seed():
 
 
 @pytest.mark.parametrize("overrides,needle", [
-    (["data=bbc"], "data.dataset=bbc is text"),  # the tutorial MLP cannot read token ids
+    (["data=bbc"], "the tutorial MLP takes feature vectors"),  # it cannot read token ids
     (["model=tiny_bert", "data=bbc", "data.num_classes=4"], "data.num_classes=4: must be 5"),
     (["model=tiny_bert", "data=bbc", "model.num_classes=3"], "model.num_classes=3: must equal data.num_classes"),
     (["model=tiny_bert", "data=bbc", "data.dataset=imdb"], "data.dataset='imdb': must be one of"),

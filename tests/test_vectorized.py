@@ -16,10 +16,10 @@ from fedbench.data import FederatedData
 from fedbench.fl.comm import NoCompression
 from fedbench.fl.engine import Engine
 from fedbench.fl.local import train_client
+from fedbench.fl.mlp_step import fast_step
 from fedbench.fl.optim import FlatAdamW
 from fedbench.fl.state import FlatParams
 from fedbench.fl.strategies import FedAvg
-from fedbench.methods.full import Full
 from fedbench.fl.vectorized import (
     BatchedMLPStep,
     RoundPlan,
@@ -28,6 +28,7 @@ from fedbench.fl.vectorized import (
     VectorizedEngine,
     make_engine,
 )
+from fedbench.methods.full import Full
 from fedbench.run import build
 
 SMALL = ["model.hidden_dim=32", "model.num_layers=3", "data.samples_per_client=60", "data.test_size=100",
@@ -58,8 +59,8 @@ METHODS = {
     "lora": ["method=lora"],
     "full": ["method=full"],
     "head_only": ["method=head_only"],
-    "lora_ffa": ["method=lora", "++method.aggregation=ffa"],  # B trains, A frozen and shared
-    "lora_exact_aggregation": ["method=lora", "++method.aggregation=exact"],  # merges into the base
+    "lora_ffa": ["method=lora", "method.aggregation=ffa"],  # B trains, A frozen and shared
+    "lora_exact_aggregation": ["method=lora", "method.aggregation=exact"],  # merges into the base
     "fedadam_int8": ["strategy=fedadam", "compression=int8"],
 }
 
@@ -143,7 +144,7 @@ def test_unequal_clients_train_like_exact():
     finals, losses = vec.train_selected(clients, start)
     torch.set_rng_state(rng)  # the exact engine draws the same shuffles in the same order
     opt = FlatAdamW(state.flat, state.grad, lr=spec.fl.lr, weight_decay=spec.fl.weight_decay)
-    step = model.fast_step(state)
+    step = fast_step(model, state)
     for k, (x, y) in enumerate(clients):
         state.flat.copy_(start)
         opt.reset()

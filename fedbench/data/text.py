@@ -37,11 +37,11 @@ import numpy as np
 import torch
 
 from fedbench.contracts import DataConfig
+from fedbench.data import FederatedData
+from fedbench.data import partition as part
 from fedbench.errors import ConfigError
 from fedbench.models.pretrained import minilm_path
 from fedbench.registry import register
-from fedbench.data import FederatedData
-from fedbench.data import partition as part
 
 CACHE_FORMAT = 1
 

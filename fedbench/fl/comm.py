@@ -15,7 +15,7 @@ import torch
 from fedbench.contracts import Codec
 from fedbench.errors import ConfigError
 from fedbench.fl.state import Payload
-from fedbench.registry import choice, register
+from fedbench.registry import check_choices, choice, config_key, register
 
 Message = dict[str, tuple[torch.Tensor, ...]]
 
@@ -75,6 +75,9 @@ class Int8(Codec):
     by at most ``s / 2``."""
 
     granularity: str = choice("tensor", ("tensor", "row"))
+
+    def __post_init__(self) -> None:
+        check_choices(self, config_key("compression"))
 
     def _rows(self, v: torch.Tensor) -> torch.Tensor:
         if self.granularity == "row" and v.dim() >= 2:

@@ -12,10 +12,10 @@ from typing import List, Optional  # noqa: UP035 (OmegaConf)
 import torch
 from torch import nn
 
-from fedbench.errors import ConfigError
 from fedbench.contracts import Method
+from fedbench.errors import ConfigError
 from fedbench.methods.base import is_head, require_architecture, select_targets, wrap_modules
-from fedbench.registry import choice, register
+from fedbench.registry import check_choices, choice, register
 
 ACTIVATIONS = {"gelu": nn.GELU, "relu": nn.ReLU, "tanh": nn.Tanh}
 # Linear modules whose output gets an adapter when target_modules is null, per architecture:
@@ -52,6 +52,7 @@ class Adapter(Method):
     train_layernorm: bool = False
 
     def __post_init__(self) -> None:
+        check_choices(self, "method")
         if self.bottleneck < 1:
             raise ConfigError("method.bottleneck", "must be an integer >= 1", self.bottleneck)
 

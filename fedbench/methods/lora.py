@@ -18,7 +18,7 @@ communicated; the wrapped Linear stays frozen.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import List, Optional
+from typing import List, Optional  # noqa: UP035 (OmegaConf reads typing generics)
 
 from torch import nn
 
@@ -26,7 +26,7 @@ from fedbench.contracts import Method
 from fedbench.errors import ConfigError
 from fedbench.methods.base import is_head, select_targets, wrap_modules
 from fedbench.methods.lora_layer import LoRALinear
-from fedbench.registry import choice, register
+from fedbench.registry import check_choices, choice, register
 
 __all__ = ["LoRA", "LoRALinear", "DEFAULT_TARGETS"]
 
@@ -51,6 +51,7 @@ class LoRA(Method):
     aggregation: str = choice("naive", ("naive", "ffa", "exact"))
 
     def __post_init__(self) -> None:
+        check_choices(self, "method")
         if self.rank < 1:
             raise ConfigError("method.rank", "must be an integer >= 1", self.rank)
         if not self.init_std >= 0:

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from fedbench.errors import ConfigError
 from fedbench.contracts import Method
+from fedbench.errors import ConfigError
 from fedbench.methods.base import is_head
 from fedbench.registry import register
 
