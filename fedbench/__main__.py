@@ -35,10 +35,19 @@ def human_bytes(n: float) -> str:
 
 
 def _log_round(row: dict, spec: RunSpec) -> None:
-    log.info("round %*d/%d  acc %.4f  test_loss %.4f  train_loss %.4f  up %s  down %s  total %s  %.2fs",
-             len(str(spec.fl.num_rounds)), row["round"], spec.fl.num_rounds, row["accuracy"],
-             row["test_loss"], row["train_loss"], human_bytes(row["bytes_up"]),
-             human_bytes(row["bytes_down"]), human_bytes(row["cum_bytes"]), row["wall_s"])
+    log.info(
+        "round %*d/%d  acc %.4f  test_loss %.4f  train_loss %.4f  up %s  down %s  total %s  %.2fs",
+        len(str(spec.fl.num_rounds)),
+        row["round"],
+        spec.fl.num_rounds,
+        row["accuracy"],
+        row["test_loss"],
+        row["train_loss"],
+        human_bytes(row["bytes_up"]),
+        human_bytes(row["bytes_down"]),
+        human_bytes(row["cum_bytes"]),
+        row["wall_s"],
+    )
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
@@ -52,10 +61,17 @@ def _task(cfg: DictConfig) -> float:
         print(f"fedbench: {exc}", file=sys.stderr)
         sys.exit(EXIT_BAD_CONFIG)
     r = spec.resolved
-    log.info("%s + %s on %s, %s, %d rounds x %d/%d clients -> %s",
-             r["model"]["_target_"].rsplit(".", 1)[1], r["method"]["_target_"].rsplit(".", 1)[1],
-             r["data"]["_target_"].rsplit(".", 1)[1], r["strategy"]["_target_"].rsplit(".", 1)[1],
-             spec.fl.num_rounds, spec.fl.clients_per_round, spec.fl.num_clients, out_dir)
+    log.info(
+        "%s + %s on %s, %s, %d rounds x %d/%d clients -> %s",
+        r["model"]["_target_"].rsplit(".", 1)[1],
+        r["method"]["_target_"].rsplit(".", 1)[1],
+        r["data"]["_target_"].rsplit(".", 1)[1],
+        r["strategy"]["_target_"].rsplit(".", 1)[1],
+        spec.fl.num_rounds,
+        spec.fl.clients_per_round,
+        spec.fl.num_clients,
+        out_dir,
+    )
     hc = HydraConfig.get()
     launcher = OmegaConf.to_container(hc.launcher, resolve=True) if hc.mode == RunMode.MULTIRUN else None
     threads = threads_for_job(spec.threads, launcher)
@@ -67,21 +83,26 @@ def _task(cfg: DictConfig) -> float:
     quiet = spec.quiet or bool(hc.verbose) or not in_process
     try:
         with RunProgress(spec.fl.num_rounds, spec.fl.clients_per_round, progress_enabled(quiet)) as progress:
+
             def on_round(row: dict, s: RunSpec) -> None:
                 _log_round(row, s)  # the log line prints above the bar; the run's log file keeps it
                 progress.round_done(row)
 
-            rows = execute(spec, out_dir=out_dir, on_round=on_round, choices=choices,
-                           on_client=progress.client_callback)
+            rows = execute(
+                spec, out_dir=out_dir, on_round=on_round, choices=choices, on_client=progress.client_callback
+            )
     except ConfigError as exc:  # e.g. the run folder holds a different configuration
         print(f"fedbench: {exc}", file=sys.stderr)
         sys.exit(EXIT_BAD_CONFIG)
     last = rows[-1]
     try:
         print(format_table(rows, ["round", "accuracy", "bytes_up", "bytes_down", "cum_bytes"]))
-        print(f"final accuracy {last['accuracy']:.4f} | communicated {human_bytes(last['cum_bytes'])} "
-              f"(up {human_bytes(last['cum_bytes_up'])}, down {human_bytes(last['cum_bytes_down'])}) | "
-              f"trainable params {int(last['trainable_params']):,} | run folder {out_dir}", flush=True)
+        print(
+            f"final accuracy {last['accuracy']:.4f} | communicated {human_bytes(last['cum_bytes'])} "
+            f"(up {human_bytes(last['cum_bytes_up'])}, down {human_bytes(last['cum_bytes_down'])}) | "
+            f"trainable params {int(last['trainable_params']):,} | run folder {out_dir}",
+            flush=True,
+        )
     except BrokenPipeError:  # `fedbench ... | head`: the reader left; the run folder is complete
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return float(last["accuracy"])
@@ -120,8 +141,11 @@ def expand_resume_path(argv: list[str]) -> list[str]:
     saved = folder / ".hydra" / "overrides.yaml"
     if not saved.is_file():
         raise CommandLineError(f"resume={folder}: not a fedbench run folder (no .hydra/overrides.yaml)")
-    previous = [o for o in OmegaConf.to_container(OmegaConf.load(saved))
-                if not o.startswith(("resume=", "hydra.run.dir="))]
+    previous = [
+        o
+        for o in OmegaConf.to_container(OmegaConf.load(saved))
+        if not o.startswith(("resume=", "hydra.run.dir="))
+    ]
     return [*previous, *out, f"hydra.run.dir={folder.resolve()}", "resume=true"]
 
 
@@ -139,8 +163,11 @@ def main() -> None:
     try:
         _task()
     except KeyboardInterrupt as exc:
-        print("fedbench: interrupted; completed rounds are in the run folder (metrics.csv, "
-              "checkpoint/); run again with resume=<run folder> to continue", file=sys.stderr)
+        print(
+            "fedbench: interrupted; completed rounds are in the run folder (metrics.csv, "
+            "checkpoint/); run again with resume=<run folder> to continue",
+            file=sys.stderr,
+        )
         sys.exit(128 + getattr(exc, "signum", 2))
     if not is_multirun(sys.argv[1:]):  # not -m: no launcher (joblib, submitit) to shut down
         _exit_now(0)

@@ -37,8 +37,9 @@ def save(run_dir: Path, tensors: dict[str, torch.Tensor], meta: dict) -> Path:
     tmp = folder / f".{name}.tmp"
     save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp))
     tmp.replace(folder / name)
-    atomic_write_json(folder / LATEST, {"format": FORMAT, "tensors": name,
-                                        "sha256": _sha256(folder / name), **meta})
+    atomic_write_json(
+        folder / LATEST, {"format": FORMAT, "tensors": name, "sha256": _sha256(folder / name), **meta}
+    )
     for old in folder.glob("round_*.safetensors"):  # keep only the one latest.json names
         if old.name != name:
             old.unlink(missing_ok=True)

@@ -48,8 +48,14 @@ def is_multirun(argv: list[str]) -> bool:
 
 
 def _runs_job(args) -> bool:
-    return not (args.help or args.hydra_help or args.cfg or args.info or args.shell_completion
-                or args.experimental_rerun)
+    return not (
+        args.help
+        or args.hydra_help
+        or args.cfg
+        or args.info
+        or args.shell_completion
+        or args.experimental_rerun
+    )
 
 
 def _parse(overrides: list[str]):
@@ -104,8 +110,10 @@ class _Explainer:
             missing = str(exc.missing_cfg_file or "")
             group, _, option = missing.rpartition("/")
             if group and exc.options is not None:
-                return (f"{group.replace('/', '.')}={option}: unknown option for group '{group}'; "
-                        f"allowed: {', '.join(exc.options) or 'none'}")
+                return (
+                    f"{group.replace('/', '.')}={option}: unknown option for group '{group}'; "
+                    f"allowed: {', '.join(exc.options) or 'none'}"
+                )
             return str(exc).strip().splitlines()[0]
         cause = exc.__cause__
         if isinstance(cause, OmegaConfBaseException) and cause.full_key:
@@ -123,8 +131,9 @@ class _Explainer:
                 return f"{key}: unknown key for {label}; its keys: {describe_fields(schema)}"
             if "." not in key:
                 groups = ", ".join([*registry.CONFIG_GROUPS, "fl"])
-                return (f"{key}: unknown key; top-level keys: {describe_fields(RunSettings)}; "
-                        f"sections: {groups}")
+                return (
+                    f"{key}: unknown key; top-level keys: {describe_fields(RunSettings)}; sections: {groups}"
+                )
             return f"{key}: unknown key"
         text = str(exc).strip()
         return text.splitlines()[0] if text else type(exc).__name__

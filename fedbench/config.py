@@ -24,8 +24,16 @@ from fedbench import registry
 from fedbench.errors import ConfigError
 from fedbench.registry import CONFIG_GROUPS, check_choices, choice, describe_fields
 
-__all__ = ["ConfigError", "FLConfig", "RunSettings", "RunSpec", "validate", "config_hash", "compose",
-           "CONF_DIR"]
+__all__ = [
+    "ConfigError",
+    "FLConfig",
+    "RunSettings",
+    "RunSpec",
+    "validate",
+    "config_hash",
+    "compose",
+    "CONF_DIR",
+]
 
 COMPONENT_GROUPS = ("model", "method", "data", "strategy")
 
@@ -60,8 +68,9 @@ class RunSettings:
         if self.threads is not None and self.threads < 1:
             raise ConfigError("threads", "must be null (torch's default) or an integer >= 1", self.threads)
         if self.checkpoint_every < 0:
-            raise ConfigError("checkpoint_every", "must be an integer >= 0 (0 = no checkpoints)",
-                              self.checkpoint_every)
+            raise ConfigError(
+                "checkpoint_every", "must be an integer >= 0 (0 = no checkpoints)", self.checkpoint_every
+            )
 
 
 @dataclass
@@ -94,14 +103,22 @@ class FLConfig:
 
     def __post_init__(self) -> None:
         check_choices(self, "fl")
-        for key in ("num_rounds", "num_clients", "clients_per_round", "local_epochs", "batch_size",
-                    "eval_batch_size"):
+        for key in (
+            "num_rounds",
+            "num_clients",
+            "clients_per_round",
+            "local_epochs",
+            "batch_size",
+            "eval_batch_size",
+        ):
             if getattr(self, key) < 1:
                 raise ConfigError(f"fl.{key}", "must be an integer >= 1", getattr(self, key))
         if self.clients_per_round > self.num_clients:
-            raise ConfigError("fl.clients_per_round",
-                              f"must be <= fl.num_clients ({self.num_clients})",
-                              self.clients_per_round)
+            raise ConfigError(
+                "fl.clients_per_round",
+                f"must be <= fl.num_clients ({self.num_clients})",
+                self.clients_per_round,
+            )
         if not self.lr > 0:
             raise ConfigError("fl.lr", "must be a float > 0", self.lr)
         if self.weight_decay < 0:
@@ -121,8 +138,12 @@ def _store_settings() -> None:
 
     cs = ConfigStore.instance()
     # Top level: a plain node (the primary config also holds the groups); fl: typed.
-    cs.store(group="fedbench", name="run", node=OmegaConf.create(dataclasses.asdict(RunSettings())),
-             provider="fedbench")
+    cs.store(
+        group="fedbench",
+        name="run",
+        node=OmegaConf.create(dataclasses.asdict(RunSettings())),
+        provider="fedbench",
+    )
     cs.store(group="fedbench", name="fl", node=FLConfig, provider="fedbench")
 
 
@@ -132,8 +153,11 @@ def load_registry() -> None:
     _store_settings()
 
 
-def compose(overrides: list[str] | tuple[str, ...] = (), config_name: str = "config",
-            return_hydra_config: bool = False) -> DictConfig:
+def compose(
+    overrides: list[str] | tuple[str, ...] = (),
+    config_name: str = "config",
+    return_hydra_config: bool = False,
+) -> DictConfig:
     """Compose fedbench's config with overrides, as the CLI does (for Python, tests, notebooks)."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
@@ -143,8 +167,9 @@ def compose(overrides: list[str] | tuple[str, ...] = (), config_name: str = "con
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-            return hydra_compose(config_name, overrides=list(overrides),
-                                 return_hydra_config=return_hydra_config)
+            return hydra_compose(
+                config_name, overrides=list(overrides), return_hydra_config=return_hydra_config
+            )
     finally:
         GlobalHydra.instance().clear()
 
@@ -225,9 +250,15 @@ def _type_text(annotation: Any) -> str:
     """``Optional[int]`` -> ``an integer or null``: a field's type as an error message says it."""
     text = annotation if isinstance(annotation, str) else getattr(annotation, "__name__", str(annotation))
     optional = text.startswith("Optional[")
-    inner = text[len("Optional["):-1] if optional else text
-    words = {"int": "an integer", "float": "a float", "bool": "true or false", "str": "a string",
-             "List[str]": "a list of strings", "List[int]": "a list of integers"}
+    inner = text[len("Optional[") : -1] if optional else text
+    words = {
+        "int": "an integer",
+        "float": "a float",
+        "bool": "true or false",
+        "str": "a string",
+        "List[str]": "a list of strings",
+        "List[int]": "a list of integers",
+    }
     out = words.get(inner, f"of type {inner}")
     return f"{out} or null" if optional else out
 
@@ -247,7 +278,9 @@ def _merge_into(schema: type, section: Any, key: str, label: str | None = None) 
         if sub is not None and sub not in names:
             raise ConfigError(full, f"unknown key for {label}; its keys: {describe_fields(schema)}") from None
         if sub in names:
-            raise ConfigError(full, f"must be {_type_text(names[sub].type)}", getattr(exc, "value", None)) from None
+            raise ConfigError(
+                full, f"must be {_type_text(names[sub].type)}", getattr(exc, "value", None)
+            ) from None
         raise ConfigError(full, str(exc).splitlines()[0]) from None
 
 
@@ -280,8 +313,9 @@ def validate(cfg: DictConfig | dict) -> RunSpec:
     for key in ("fl", "compression", *COMPONENT_GROUPS):
         if key not in resolved:
             raise ConfigError(key, "is missing")
-    settings = _merge_into(RunSettings, {k: resolved[k] for k in settings_keys if k in resolved}, "",
-                           "the run's top level")
+    settings = _merge_into(
+        RunSettings, {k: resolved[k] for k in settings_keys if k in resolved}, "", "the run's top level"
+    )
     fl = _merge_into(FLConfig, resolved["fl"], "fl")
     comps = {k: instantiate(resolved[k], k) for k in COMPONENT_GROUPS}
     comp = resolved["compression"]
@@ -290,11 +324,23 @@ def validate(cfg: DictConfig | dict) -> RunSpec:
     up = instantiate(comp["up"], "compression.up")
     down = instantiate(comp["down"], "compression.down")
     if down.delta:
-        raise ConfigError("compression.down", f"{type(down).__name__} sends changes against per-receiver "
-                          "state, which the downlink does not keep; use none, fp16, bf16 or int8")
+        raise ConfigError(
+            "compression.down",
+            f"{type(down).__name__} sends changes against per-receiver "
+            "state, which the downlink does not keep; use none, fp16, bf16 or int8",
+        )
     # Cross-component checks (e.g. the model's classes cover the data's labels), before training.
     for c in comps.values():
         c.check_compatible(comps, fl)
-    return RunSpec(seed=settings.seed, threads=settings.threads, resume=settings.resume,
-                   checkpoint_every=settings.checkpoint_every, quiet=settings.quiet, fl=fl,
-                   compression_up=up, compression_down=down, resolved=resolved, **comps)
+    return RunSpec(
+        seed=settings.seed,
+        threads=settings.threads,
+        resume=settings.resume,
+        checkpoint_every=settings.checkpoint_every,
+        quiet=settings.quiet,
+        fl=fl,
+        compression_up=up,
+        compression_down=down,
+        resolved=resolved,
+        **comps,
+    )

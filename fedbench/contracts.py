@@ -118,12 +118,19 @@ class ServerProtocol(Protocol):
 
     def load_state_dict(self, tensors: dict[str, torch.Tensor], meta: dict) -> None: ...
 
-    def downlink(self, global_payload: Payload, codec: Codec, selected: list[int],
-                 round: int) -> tuple[Payload, int]:
+    def downlink(
+        self, global_payload: Payload, codec: Codec, selected: list[int], round: int
+    ) -> tuple[Payload, int]:
         """(the payload each selected client starts from, bytes sent down in total)."""
 
-    def aggregate(self, global_payload: Payload, updates: list[tuple[int, Payload]],
-                  strategy: Strategy, codec: Codec, round: int) -> Payload:
+    def aggregate(
+        self,
+        global_payload: Payload,
+        updates: list[tuple[int, Payload]],
+        strategy: Strategy,
+        codec: Codec,
+        round: int,
+    ) -> Payload:
         """The next global payload from ``(samples, decoded update)`` pairs."""
 
     def finite(self) -> bool:

@@ -35,13 +35,19 @@ HEAD_WEIGHTS = "head.safetensors"
 HEAD_CONFIG = "fedbench_head.json"
 
 
-def export_peft(model: nn.Module, method: Method, out_dir: str | Path, base_model_name_or_path: str | None = None,
-                save_base: bool = False) -> Path:
+def export_peft(
+    model: nn.Module,
+    method: Method,
+    out_dir: str | Path,
+    base_model_name_or_path: str | None = None,
+    save_base: bool = False,
+) -> Path:
     """Write ``model``'s trained method (and head) in PEFT's format; return ``out_dir``."""
     adapter = method.peft_adapter(model)
     if adapter is None:
-        raise ValueError(f"{type(method).__name__} on a {model.architecture!r} model has no PEFT counterpart "
-                         "to export to")
+        raise ValueError(
+            f"{type(method).__name__} on a {model.architecture!r} model has no PEFT counterpart to export to"
+        )
     config, weights = adapter
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -51,18 +57,37 @@ def export_peft(model: nn.Module, method: Method, out_dir: str | Path, base_mode
         base_model_name_or_path = str((out / "base_model").resolve())
     tensors = {f"base_model.model.{k}": v for k, v in weights.items()}
     save_file(tensors, str(out / ADAPTER_WEIGHTS), metadata={"format": "pt"})
-    config = {"task_type": "FEATURE_EXTRACTION", "base_model_name_or_path": base_model_name_or_path,
-              "inference_mode": True, "revision": None, "modules_to_save": None, **config}
+    config = {
+        "task_type": "FEATURE_EXTRACTION",
+        "base_model_name_or_path": base_model_name_or_path,
+        "inference_mode": True,
+        "revision": None,
+        "modules_to_save": None,
+        **config,
+    }
     (out / ADAPTER_CONFIG).write_text(json.dumps(config, indent=2) + "\n")
     head = model.head
-    save_file({"weight": head.weight.detach().contiguous().clone(), "bias": head.bias.detach().contiguous().clone()},
-              str(out / HEAD_WEIGHTS))
-    (out / HEAD_CONFIG).write_text(json.dumps({
-        "pooling": model.pooling, "pad_id": model.pad_id, "num_classes": model.num_classes,
-        "hidden_size": model.hidden_size,
-        "usage": "logits = head(pool(peft_model(input_ids, attention_mask=(input_ids != pad_id)).last_hidden_state)); "
-                 "pool = mean over real tokens (pooling=mean) or the first token (pooling=cls)",
-    }, indent=2) + "\n")
+    save_file(
+        {
+            "weight": head.weight.detach().contiguous().clone(),
+            "bias": head.bias.detach().contiguous().clone(),
+        },
+        str(out / HEAD_WEIGHTS),
+    )
+    (out / HEAD_CONFIG).write_text(
+        json.dumps(
+            {
+                "pooling": model.pooling,
+                "pad_id": model.pad_id,
+                "num_classes": model.num_classes,
+                "hidden_size": model.hidden_size,
+                "usage": "logits = head(pool(peft_model(input_ids, attention_mask=(input_ids != pad_id)).last_hidden_state)); "
+                "pool = mean over real tokens (pooling=mean) or the first token (pooling=cls)",
+            },
+            indent=2,
+        )
+        + "\n"
+    )
     return out
 
 
@@ -73,7 +98,9 @@ def _plain_backbone(model: nn.Module) -> nn.Module:
 
     backbone = copy.deepcopy(model.backbone)
     for name, m in list(backbone.named_modules()):
-        if type(m).__module__.startswith("fedbench.methods.") and isinstance(getattr(m, "base", None), nn.Module):
+        if type(m).__module__.startswith("fedbench.methods.") and isinstance(
+            getattr(m, "base", None), nn.Module
+        ):
             parent_name, _, child = name.rpartition(".")
             parent = backbone.get_submodule(parent_name) if parent_name else backbone
             setattr(parent, child, m.base)
@@ -122,7 +149,10 @@ def export_run(run_dir: str | Path, out_dir: str | Path) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m fedbench.peft_export", description=__doc__.splitlines()[0])
-    p.add_argument("run_dir", help="a fedbench run folder (a method with a PEFT counterpart on minilm, tiny_bert or model.path=...)")
+    p.add_argument(
+        "run_dir",
+        help="a fedbench run folder (a method with a PEFT counterpart on minilm, tiny_bert or model.path=...)",
+    )
     p.add_argument("out_dir", help="where to write adapter_config.json, adapter_model.safetensors, head")
     args = p.parse_args(argv)
     try:

@@ -36,11 +36,22 @@ from fedbench.errors import ConfigError
 
 ENTRY_POINT_GROUP = "fedbench.components"
 # Packages (or modules) whose modules hold fedbench's own components.
-OWN_PACKAGES = ("fedbench.models", "fedbench.methods", "fedbench.data", "fedbench.fl.strategies",
-                "fedbench.fl.comm")
+OWN_PACKAGES = (
+    "fedbench.models",
+    "fedbench.methods",
+    "fedbench.data",
+    "fedbench.fl.strategies",
+    "fedbench.fl.comm",
+)
 # Config keys of a run that name a component, and the registry group each draws from.
-CONFIG_GROUPS = {"model": "model", "method": "method", "data": "data", "strategy": "strategy",
-                 "compression.up": "codec", "compression.down": "codec"}
+CONFIG_GROUPS = {
+    "model": "model",
+    "method": "method",
+    "data": "data",
+    "strategy": "strategy",
+    "compression.up": "codec",
+    "compression.down": "codec",
+}
 SCHEMA_ROOT = "fedbench"  # structured configs live under /fedbench/<group>/<name>
 
 
@@ -72,8 +83,10 @@ def register(group: str, name: str):
         if not dataclasses.is_dataclass(cls):
             raise TypeError(f"{cls.__qualname__}: a registered component must be a dataclass")
         if not issubclass(cls, GROUP_BASES[group]):
-            raise TypeError(f"{cls.__qualname__}: a {group} must derive from "
-                            f"fedbench.contracts.{GROUP_BASES[group].__name__}")
+            raise TypeError(
+                f"{cls.__qualname__}: a {group} must derive from "
+                f"fedbench.contracts.{GROUP_BASES[group].__name__}"
+            )
         entry = Entry(group, name, cls, _origin)
         old = _by_name.get((group, name))
         if old is not None and old.target != entry.target:
@@ -143,9 +156,13 @@ def lookup(target: object, key: str) -> Entry:
     if entry is None:
         group = CONFIG_GROUPS.get(key, key)
         known = ", ".join(sorted(f"{e.name} ({e.target})" for e in _entries.values() if e.group == group))
-        raise ConfigError(f"{key}._target_", f"is not a registered {group} component; registered: "
-                          f"{known or 'none'} (plugins register through the {ENTRY_POINT_GROUP!r} "
-                          "entry-point group)", target)
+        raise ConfigError(
+            f"{key}._target_",
+            f"is not a registered {group} component; registered: "
+            f"{known or 'none'} (plugins register through the {ENTRY_POINT_GROUP!r} "
+            "entry-point group)",
+            target,
+        )
     expected = CONFIG_GROUPS.get(key)
     if expected is not None and entry.group != expected:
         raise ConfigError(f"{key}._target_", f"names a {entry.group}, not a {expected}", target)
@@ -204,5 +221,6 @@ def check_choices(obj: object, key: str | None = None) -> None:
     for f in dataclasses.fields(obj):
         choices = f.metadata.get("choices")
         if choices and getattr(obj, f.name) not in choices:
-            raise ConfigError(f"{key}.{f.name}", f"must be one of: {', '.join(map(str, choices))}",
-                              getattr(obj, f.name))
+            raise ConfigError(
+                f"{key}.{f.name}", f"must be one of: {', '.join(map(str, choices))}", getattr(obj, f.name)
+            )

@@ -24,12 +24,35 @@ SUMMARY_JSON = "summary.json"
 
 # Column order of a metrics row. ``cum_*`` are running totals over rounds.
 COLUMNS = [
-    "round", "accuracy", "test_loss", "train_loss",
-    "bytes_up", "bytes_down", "cum_bytes_up", "cum_bytes_down", "cum_bytes",
-    "clients", "reported", "rejected", "trainable_params", "wall_s", "elapsed_s", "selected",
+    "round",
+    "accuracy",
+    "test_loss",
+    "train_loss",
+    "bytes_up",
+    "bytes_down",
+    "cum_bytes_up",
+    "cum_bytes_down",
+    "cum_bytes",
+    "clients",
+    "reported",
+    "rejected",
+    "trainable_params",
+    "wall_s",
+    "elapsed_s",
+    "selected",
 ]
-INT_COLUMNS = {"round", "bytes_up", "bytes_down", "cum_bytes_up", "cum_bytes_down", "cum_bytes",
-               "clients", "reported", "rejected", "trainable_params"}
+INT_COLUMNS = {
+    "round",
+    "bytes_up",
+    "bytes_down",
+    "cum_bytes_up",
+    "cum_bytes_down",
+    "cum_bytes",
+    "clients",
+    "reported",
+    "rejected",
+    "trainable_params",
+}
 CLIENTS_CSV = "clients.csv"
 
 
@@ -69,7 +92,9 @@ def _arrow_table(rows: list[dict]):
             arrays.append(pa.Array.from_buffers(pa.string(), n, buffers))
         else:
             dtype, kind = (np.int64, pa.int64()) if c in INT_COLUMNS else (np.float64, pa.float64())
-            arrays.append(pa.Array.from_buffers(kind, n, [None, pa.py_buffer(np.asarray(values, dtype=dtype))]))
+            arrays.append(
+                pa.Array.from_buffers(kind, n, [None, pa.py_buffer(np.asarray(values, dtype=dtype))])
+            )
     return pa.Table.from_arrays(arrays, names=COLUMNS)
 
 
@@ -175,8 +200,15 @@ def write_label_histogram(data, out_dir: Path) -> None:
 def summarize(rows: list[dict]) -> dict:
     """The metric part of ``summary.json``."""
     if not rows:
-        return {"rounds_completed": 0, "final_accuracy": None, "best_accuracy": None,
-                "best_round": None, "bytes_up_total": 0, "bytes_down_total": 0, "bytes_total": 0}
+        return {
+            "rounds_completed": 0,
+            "final_accuracy": None,
+            "best_accuracy": None,
+            "best_round": None,
+            "bytes_up_total": 0,
+            "bytes_down_total": 0,
+            "bytes_total": 0,
+        }
     best = max(rows, key=lambda r: r["accuracy"])
     last = rows[-1]
     return {

@@ -135,9 +135,12 @@ def _stored_hash(record: dict) -> str | None:
 
 
 def _mismatch(out: Path, found: str, spec: RunSpec) -> ConfigError:
-    return ConfigError("resume", f"run folder {out} holds a different configuration (config_hash "
-                       f"{found}, this run {spec.config_hash}); use another folder or resume=false",
-                       spec.resume)
+    return ConfigError(
+        "resume",
+        f"run folder {out} holds a different configuration (config_hash "
+        f"{found}, this run {spec.config_hash}); use another folder or resume=false",
+        spec.resume,
+    )
 
 
 def _start_fresh(out: Path) -> None:
@@ -146,10 +149,13 @@ def _start_fresh(out: Path) -> None:
     checkpoint.clear(out)
 
 
-def run(cfg: DictConfig | dict | RunSpec, out_dir: str | Path | None = None,
-        on_round: Callable[[dict, RunSpec], None] | None = None,
-        choices: dict | None = None,
-        on_client: Callable[[int, int, int], None] | None = None) -> pd.DataFrame:
+def run(
+    cfg: DictConfig | dict | RunSpec,
+    out_dir: str | Path | None = None,
+    on_round: Callable[[dict, RunSpec], None] | None = None,
+    choices: dict | None = None,
+    on_client: Callable[[int, int, int], None] | None = None,
+) -> pd.DataFrame:
     """Run one configuration; write the run-folder files into ``out_dir`` when given.
 
     With ``resume`` (the default) and an ``out_dir`` that already holds this configuration:
@@ -162,10 +168,13 @@ def run(cfg: DictConfig | dict | RunSpec, out_dir: str | Path | None = None,
     return frame(execute(cfg, out_dir, on_round, choices, on_client))
 
 
-def execute(cfg: DictConfig | dict | RunSpec, out_dir: str | Path | None = None,
-            on_round: Callable[[dict, RunSpec], None] | None = None,
-            choices: dict | None = None,
-            on_client: Callable[[int, int, int], None] | None = None) -> list[dict]:
+def execute(
+    cfg: DictConfig | dict | RunSpec,
+    out_dir: str | Path | None = None,
+    on_round: Callable[[dict, RunSpec], None] | None = None,
+    choices: dict | None = None,
+    on_client: Callable[[int, int, int], None] | None = None,
+) -> list[dict]:
     """:func:`run` returning the metrics rows as dicts (the CLI's path: no pandas import)."""
     spec = cfg if isinstance(cfg, RunSpec) else validate(cfg)
     out = Path(out_dir) if out_dir is not None else None
@@ -198,8 +207,10 @@ def execute(cfg: DictConfig | dict | RunSpec, out_dir: str | Path | None = None,
         resumed_from = engine.round
         rows = _read_rows(out / METRICS_CSV, engine.round)
         if len(rows) != engine.round:
-            raise ValueError(f"{out / METRICS_CSV} has {len(rows)} rows up to round {engine.round}; "
-                             "cannot resume consistently")
+            raise ValueError(
+                f"{out / METRICS_CSV} has {len(rows)} rows up to round {engine.round}; "
+                "cannot resume consistently"
+            )
         log.info("resuming %s after round %d", out, engine.round)
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
@@ -217,8 +228,9 @@ def execute(cfg: DictConfig | dict | RunSpec, out_dir: str | Path | None = None,
                 last = engine.round == spec.fl.num_rounds
                 if out is not None and every and (engine.round % every == 0 or last or diverged):
                     tensors, meta = engine.state_dict()
-                    checkpoint.save(out, tensors, {**meta, "config_hash": spec.config_hash,
-                                                   "config": spec.resolved})
+                    checkpoint.save(
+                        out, tensors, {**meta, "config_hash": spec.config_hash, "config": spec.resolved}
+                    )
                 if on_round is not None:
                     on_round(row, spec)
                 if diverged:

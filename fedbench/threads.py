@@ -36,6 +36,8 @@ def threads_for_job(configured: int | None, launcher: dict | None) -> int | None
         n_jobs = cores if n_jobs is None or n_jobs < 1 else n_jobs
         return max(1, cores // min(n_jobs, cores))
     if "submitit" in target or "ray" in target:
-        cpus = launcher.get("cpus_per_task") or (launcher.get("ray", {}) or {}).get("remote", {}).get("num_cpus")
+        cpus = launcher.get("cpus_per_task") or (launcher.get("ray", {}) or {}).get("remote", {}).get(
+            "num_cpus"
+        )
         return max(1, int(cpus)) if cpus else 1
     return None

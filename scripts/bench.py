@@ -106,11 +106,14 @@ def whole_process(repeats: int, seed_md: Path, threads: int | None) -> dict:
                 sys.exit(f"bench: accuracies differ: seed {theirs} vs fedbench exact {ours}")
             gap = float((runs["vectorized"].accuracy - df.accuracy).abs().max())
             acc_gap.append(gap)
-            print(f"  triple {i + 1}/{repeats}: seed {t_seed:6.2f} s  exact {times['exact'][-1]:6.2f} s "
-                  f"({times['exact'][-1] / t_seed:.3f})  vectorised {times['vectorized'][-1]:6.2f} s "
-                  f"({times['vectorized'][-1] / t_seed:.3f})  seed == exact accuracies; vectorised "
-                  f"max |d acc| {gap:.3f}, final {runs['vectorized'].accuracy.iloc[-1]:.3f} vs "
-                  f"{df.accuracy.iloc[-1]:.3f}", flush=True)
+            print(
+                f"  triple {i + 1}/{repeats}: seed {t_seed:6.2f} s  exact {times['exact'][-1]:6.2f} s "
+                f"({times['exact'][-1] / t_seed:.3f})  vectorised {times['vectorized'][-1]:6.2f} s "
+                f"({times['vectorized'][-1] / t_seed:.3f})  seed == exact accuracies; vectorised "
+                f"max |d acc| {gap:.3f}, final {runs['vectorized'].accuracy.iloc[-1]:.3f} vs "
+                f"{df.accuracy.iloc[-1]:.3f}",
+                flush=True,
+            )
     out = {k: statistics.median(v) for k, v in times.items()}
     for engine in ("exact", "vectorized"):
         out[f"{engine}/seed"] = statistics.median([e / s for e, s in zip(times[engine], times["seed"])])
@@ -151,8 +154,11 @@ def in_process(repeats: int) -> dict:
         for engine in ("exact", "vectorized"):
             t, _ = train_eval_time(engine)
             times[engine].append(t)
-        print(f"  pair {i + 1}/{repeats}: exact {times['exact'][-1]:.2f} s  vectorised "
-              f"{times['vectorized'][-1]:.2f} s", flush=True)
+        print(
+            f"  pair {i + 1}/{repeats}: exact {times['exact'][-1]:.2f} s  vectorised "
+            f"{times['vectorized'][-1]:.2f} s",
+            flush=True,
+        )
     out = {k: statistics.median(v) for k, v in times.items()}
     out["vectorized/exact"] = statistics.median([v / e for v, e in zip(times["vectorized"], times["exact"])])
     out["times"] = times
@@ -180,21 +186,33 @@ def workload_flops(overrides=()) -> dict:
         model(xt)
     eval_row = fc.get_total_flops() / len(xt)
     fl = spec.fl
-    rows_trained = fl.num_rounds * fl.clients_per_round * fl.local_epochs * int(sum(data.client_sizes()) / fl.num_clients)
+    rows_trained = (
+        fl.num_rounds
+        * fl.clients_per_round
+        * fl.local_epochs
+        * int(sum(data.client_sizes()) / fl.num_clients)
+    )
     rows_eval = fl.num_rounds * len(data.test[1])
     total = train_row * rows_trained + eval_row * rows_eval
-    return {"train_row": train_row, "eval_row": eval_row, "rows_trained": rows_trained,
-            "rows_eval": rows_eval, "total": total}
+    return {
+        "train_row": train_row,
+        "eval_row": eval_row,
+        "rows_trained": rows_trained,
+        "rows_eval": rows_eval,
+        "total": total,
+    }
 
 
 def matmul_throughput(reps: int = 7) -> dict:
     """GFLOP/s of torch.mm at the workload's shapes and a large one (best of ``reps`` timings)."""
     import torch
 
-    shapes = {"16x256 @ 256x256 (exact engine)": (16, 256, 256),
-              "80x256 @ 256x256 (vectorised, 5 clients)": (80, 256, 256),
-              "512x256 @ 256x256": (512, 256, 256),
-              "1024x1024 @ 1024x1024": (1024, 1024, 1024)}
+    shapes = {
+        "16x256 @ 256x256 (exact engine)": (16, 256, 256),
+        "80x256 @ 256x256 (vectorised, 5 clients)": (80, 256, 256),
+        "512x256 @ 256x256": (512, 256, 256),
+        "1024x1024 @ 1024x1024": (1024, 1024, 1024),
+    }
     out = {}
     for name, (m, k, n) in shapes.items():
         a, w = torch.randn(m, k), torch.randn(n, k).t()
@@ -229,10 +247,20 @@ print(json.dumps({{"maxrss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxr
 def peak_rss_mb(num_clients: int, data: str, threads: int | None) -> tuple[float, float]:
     """(peak RSS in MB, median seconds per round) of a fresh process."""
     code = _RSS_CHILD.format(tests=str(ROOT / "tests"))
-    args = [f"data={data}", f"fl.num_clients={num_clients}", "fl.clients_per_round=10", "fl.num_rounds=2",
-            f"threads={threads or 1}"]
-    res = subprocess.run([sys.executable, "-c", code, *args], env=_child_env(threads), capture_output=True,
-                         text=True, timeout=900)
+    args = [
+        f"data={data}",
+        f"fl.num_clients={num_clients}",
+        "fl.clients_per_round=10",
+        "fl.num_rounds=2",
+        f"threads={threads or 1}",
+    ]
+    res = subprocess.run(
+        [sys.executable, "-c", code, *args],
+        env=_child_env(threads),
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     if res.returncode != 0:
         sys.exit(f"bench: RSS child failed:\n{res.stderr[-2000:]}")
     out = json.loads(res.stdout.strip().splitlines()[-1])
@@ -276,29 +304,56 @@ def minilm_rounds(rounds: int) -> dict | None:
     def setup(method, engine, cache, dropout):
         torch.manual_seed(0)
         gen = torch.Generator().manual_seed(1)
-        data = FederatedData(clients=[(ids(per_client, gen), torch.randint(0, 2, (per_client,), generator=gen))
-                                      for _ in range(clients)],
-                             test=(ids(32, gen), torch.randint(0, 2, (32,), generator=gen)), num_classes=2,
-                             partition="synthetic")
+        data = FederatedData(
+            clients=[
+                (ids(per_client, gen), torch.randint(0, 2, (per_client,), generator=gen))
+                for _ in range(clients)
+            ],
+            test=(ids(32, gen), torch.randint(0, 2, (32,), generator=gen)),
+            num_classes=2,
+            partition="synthetic",
+        )
         model = HFEncoder(dropout=dropout).build()
         method.inject(model)
         model.attach_head()
         state = FlatParams(model, method.trainable(model))
-        fl = FLConfig(num_rounds=rounds, num_clients=clients, clients_per_round=per_round, batch_size=16,
-                      local_epochs=1)
+        fl = FLConfig(
+            num_rounds=rounds, num_clients=clients, clients_per_round=per_round, batch_size=16, local_epochs=1
+        )
         fl.engine, fl.feature_cache = engine, cache
-        spec = SimpleNamespace(fl=fl, strategy=FedAvg(), compression_up=NoCompression(),
-                               compression_down=NoCompression(), method=method)
+        spec = SimpleNamespace(
+            fl=fl,
+            strategy=FedAvg(),
+            compression_up=NoCompression(),
+            compression_down=NoCompression(),
+            method=method,
+        )
         t0 = time.perf_counter()
         eng = make_engine(spec, model, state, data)
         return eng, time.perf_counter() - t0
 
-    print(f"  synthetic token ids: {clients} clients x {per_client} rows, {per_round} per round, length {seq}, "
-          f"batch 16, 1 local epoch, 32 test rows; {rounds} rounds each")
-    cases = [("lora r8 q,v", lambda: LoRA(rank=8, alpha=16, target_modules=["query", "value"]), "exact", False, None),
-             ("lora r8 q,v", lambda: LoRA(rank=8, alpha=16, target_modules=["query", "value"]), "vectorized", False, None),
-             ("head_only (dropout 0)", HeadOnly, "exact", False, 0.0),
-             ("head_only (dropout 0)", HeadOnly, "exact", True, 0.0)]
+    print(
+        f"  synthetic token ids: {clients} clients x {per_client} rows, {per_round} per round, length {seq}, "
+        f"batch 16, 1 local epoch, 32 test rows; {rounds} rounds each"
+    )
+    cases = [
+        (
+            "lora r8 q,v",
+            lambda: LoRA(rank=8, alpha=16, target_modules=["query", "value"]),
+            "exact",
+            False,
+            None,
+        ),
+        (
+            "lora r8 q,v",
+            lambda: LoRA(rank=8, alpha=16, target_modules=["query", "value"]),
+            "vectorized",
+            False,
+            None,
+        ),
+        ("head_only (dropout 0)", HeadOnly, "exact", False, 0.0),
+        ("head_only (dropout 0)", HeadOnly, "exact", True, 0.0),
+    ]
     out = {}
     for name, make_method, engine, cache, dropout in cases:
         eng, setup_s = setup(make_method(), engine, cache, dropout)
@@ -309,11 +364,19 @@ def minilm_rounds(rounds: int) -> dict | None:
             if before is not None and eng.data.clients.computed_rows == before:
                 warm.append(walls[-1])
         key = f"{name} / {engine}{' / cached' if cache else ''}"
-        out[key] = {"setup_s": setup_s, "walls": walls, "median": statistics.median(walls),
-                    "warm": statistics.median(warm) if warm else None, "total": setup_s + sum(walls)}
+        out[key] = {
+            "setup_s": setup_s,
+            "walls": walls,
+            "median": statistics.median(walls),
+            "warm": statistics.median(warm) if warm else None,
+            "total": setup_s + sum(walls),
+        }
         extra = f"; rounds with every feature cached: median {out[key]['warm']:.4f} s" if warm else ""
-        print(f"  {key:42s} per round median {out[key]['median']:7.3f} s  (rounds "
-              f"{' '.join(f'{w:.3f}' for w in walls)}; set-up {setup_s:.2f} s{extra})", flush=True)
+        print(
+            f"  {key:42s} per round median {out[key]['median']:7.3f} s  (rounds "
+            f"{' '.join(f'{w:.3f}' for w in walls)}; set-up {setup_s:.2f} s{extra})",
+            flush=True,
+        )
     return out
 
 
@@ -321,10 +384,14 @@ def minilm_rounds(rounds: int) -> dict | None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=3, help="alternating runs per comparison (medians)")
-    ap.add_argument("--threads", type=int, default=None, help="intra-op threads for every run (default: torch's)")
+    ap.add_argument(
+        "--threads", type=int, default=None, help="intra-op threads for every run (default: torch's)"
+    )
     ap.add_argument("--seed-md", type=Path, default=DEFAULT_SEED_MD)
     ap.add_argument("--minilm-rounds", type=int, default=8)
-    ap.add_argument("--skip", default="", help="comma-separated sections to skip: process,inproc,limit,rss,minilm")
+    ap.add_argument(
+        "--skip", default="", help="comma-separated sections to skip: process,inproc,limit,rss,minilm"
+    )
     args = ap.parse_args()
     if args.repeats < 1:
         sys.exit("bench: --repeats must be >= 1")
@@ -335,65 +402,93 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     threads = torch.get_num_threads()
     load = os.getloadavg()
-    print(f"fedbench bench: torch {torch.__version__}, {threads} intra-op thread(s), "
-          f"{os.cpu_count()} CPUs, load average {load[0]:.1f} {load[1]:.1f} {load[2]:.1f}\n")
+    print(
+        f"fedbench bench: torch {torch.__version__}, {threads} intra-op thread(s), "
+        f"{os.cpu_count()} CPUs, load average {load[0]:.1f} {load[1]:.1f} {load[2]:.1f}\n"
+    )
     summary = {"threads": threads, "load_before": load}
 
     if "process" not in skip:
-        print(f"1. whole process, {args.repeats} alternating triples (seed script, fedbench exact, vectorised)")
+        print(
+            f"1. whole process, {args.repeats} alternating triples (seed script, fedbench exact, vectorised)"
+        )
         wp = whole_process(args.repeats, args.seed_md, args.threads)
         summary["process"] = wp
-        print(f"  medians: seed {wp['seed']:.2f} s, exact {wp['exact']:.2f} s, vectorised {wp['vectorized']:.2f} s")
+        print(
+            f"  medians: seed {wp['seed']:.2f} s, exact {wp['exact']:.2f} s, vectorised {wp['vectorized']:.2f} s"
+        )
         for engine in ("exact", "vectorized"):
             r, t = wp[f"{engine}/seed"], TARGETS[engine]
-            print(f"  median ratio {engine}/seed = {r:.3f}  (target <= {t}: {'met' if r <= t else 'NOT met'})")
+            print(
+                f"  median ratio {engine}/seed = {r:.3f}  (target <= {t}: {'met' if r <= t else 'NOT met'})"
+            )
         print(f"  vectorised vs exact: largest per-round accuracy difference {wp['acc_gap']:.3f}\n")
 
     inproc = None
     if "inproc" not in skip:
-        print(f"2. in process (30 rounds of training + evaluation, no start-up), {args.repeats} alternating pairs")
+        print(
+            f"2. in process (30 rounds of training + evaluation, no start-up), {args.repeats} alternating pairs"
+        )
         inproc = in_process(args.repeats)
         summary["inproc"] = inproc
-        print(f"  medians: exact {inproc['exact']:.2f} s, vectorised {inproc['vectorized']:.2f} s, "
-              f"ratio {inproc['vectorized/exact']:.3f}\n")
+        print(
+            f"  medians: exact {inproc['exact']:.2f} s, vectorised {inproc['vectorized']:.2f} s, "
+            f"ratio {inproc['vectorized/exact']:.3f}\n"
+        )
 
     if "limit" not in skip:
         print("3. hardware limit")
         fl = workload_flops()
         tp = matmul_throughput()
         summary["flops"], summary["matmul_gflops"] = fl, tp
-        print(f"  workload: {fl['total'] / 1e9:.1f} GFLOP of matmuls ({fl['train_row'] / 1e6:.3f} MFLOP per "
-              f"trained row x {fl['rows_trained']:,} + {fl['eval_row'] / 1e6:.3f} MFLOP per evaluated row x "
-              f"{fl['rows_eval']:,})")
+        print(
+            f"  workload: {fl['total'] / 1e9:.1f} GFLOP of matmuls ({fl['train_row'] / 1e6:.3f} MFLOP per "
+            f"trained row x {fl['rows_trained']:,} + {fl['eval_row'] / 1e6:.3f} MFLOP per evaluated row x "
+            f"{fl['rows_eval']:,})"
+        )
         for name, g in tp.items():
             if name != "peak":
                 print(f"  torch.mm {name:42s} {g:6.1f} GFLOP/s")
         limit = fl["total"] / (tp["peak"] * 1e9)
         summary["limit_s"] = limit
-        print(f"  limit at the best measured throughput ({tp['peak']:.1f} GFLOP/s, {threads} thread(s)): "
-              f"{limit:.2f} s")
+        print(
+            f"  limit at the best measured throughput ({tp['peak']:.1f} GFLOP/s, {threads} thread(s)): "
+            f"{limit:.2f} s"
+        )
         if inproc is not None:
             for engine in ("exact", "vectorized"):
                 d = inproc[engine] / limit
                 summary[f"distance_{engine}"] = d
-                tgt = f"  (target <= {TARGETS['limit']}: {'met' if d <= TARGETS['limit'] else 'NOT met'})" \
-                    if engine == "vectorized" else ""
-                print(f"  distance to the limit, {engine}: {inproc[engine]:.2f} s / {limit:.2f} s = {d:.2f}x{tgt}")
+                tgt = (
+                    f"  (target <= {TARGETS['limit']}: {'met' if d <= TARGETS['limit'] else 'NOT met'})"
+                    if engine == "vectorized"
+                    else ""
+                )
+                print(
+                    f"  distance to the limit, {engine}: {inproc[engine]:.2f} s / {limit:.2f} s = {d:.2f}x{tgt}"
+                )
         print()
 
     if "rss" not in skip:
         print("4. peak RSS, 2 rounds x 10 clients per round (fresh processes, ru_maxrss)")
         rss = {}
-        for n, data in ((10, "tutorial_lazy"), (100, "tutorial_lazy"), (1000, "tutorial_lazy"), (10, "tutorial"),
-                        (1000, "tutorial")):
+        for n, data in (
+            (10, "tutorial_lazy"),
+            (100, "tutorial_lazy"),
+            (1000, "tutorial_lazy"),
+            (10, "tutorial"),
+            (1000, "tutorial"),
+        ):
             mb, round_s = peak_rss_mb(n, data, args.threads)
             rss[f"{data}/{n}"] = mb
             print(f"  {data:14s} {n:5d} clients: {mb:7.1f} MB  ({round_s:.3f} s per round)", flush=True)
         ratio = rss["tutorial_lazy/1000"] / rss["tutorial_lazy/10"]
         summary["rss"] = rss
-        print(f"  lazy 1000 / 10 clients = {ratio:.3f}  (target <= {TARGETS['rss']}: "
-              f"{'met' if ratio <= TARGETS['rss'] else 'NOT met'}); eager 1000 / 10 = "
-              f"{rss['tutorial/1000'] / rss['tutorial/10']:.3f}\n")
+        print(
+            f"  lazy 1000 / 10 clients = {ratio:.3f}  (target <= {TARGETS['rss']}: "
+            f"{'met' if ratio <= TARGETS['rss'] else 'NOT met'}); eager 1000 / 10 = "
+            f"{rss['tutorial/1000'] / rss['tutorial/10']:.3f}\n"
+        )
 
     if "minilm" not in skip:
         print("5. MiniLM per-round time")
@@ -405,11 +500,15 @@ def main() -> None:
             whole = unc["total"] / cac["total"]
             if cac["warm"] is not None:
                 r = unc["median"] / cac["warm"]
-                print(f"  head_only per round: uncached {unc['median']:.3f} s, cached (features computed) "
-                      f"{cac['warm']:.4f} s: {r:.0f}x  (target >= {TARGETS['cache']}x: "
-                      f"{'met' if r >= TARGETS['cache'] else 'NOT met'})")
-            print(f"  head_only, all {args.minilm_rounds} rounds including set-up and computing every feature "
-                  f"once: uncached {unc['total']:.2f} s, cached {cac['total']:.2f} s: {whole:.1f}x")
+                print(
+                    f"  head_only per round: uncached {unc['median']:.3f} s, cached (features computed) "
+                    f"{cac['warm']:.4f} s: {r:.0f}x  (target >= {TARGETS['cache']}x: "
+                    f"{'met' if r >= TARGETS['cache'] else 'NOT met'})"
+                )
+            print(
+                f"  head_only, all {args.minilm_rounds} rounds including set-up and computing every feature "
+                f"once: uncached {unc['total']:.2f} s, cached {cac['total']:.2f} s: {whole:.1f}x"
+            )
         print()
     print(f"load average after: {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
     out = os.environ.get("FEDBENCH_BENCH_JSON")

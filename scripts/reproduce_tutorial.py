@@ -88,8 +88,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"threads {summary['threads']} (expected {THREADS}); reference: {source}")
     for rnd in LOGGED:
         got, want = float(metrics.get(rnd, float("nan"))), expected[rnd - 1]
-        print(f"round {rnd}: accuracy {got:.4f} (seed script here {want:.4f}, tutorial's log {LOGGED[rnd]:.4f}) "
-              f"{'ok' if got == want else 'DIFFERS'}")
+        print(
+            f"round {rnd}: accuracy {got:.4f} (seed script here {want:.4f}, tutorial's log {LOGGED[rnd]:.4f}) "
+            f"{'ok' if got == want else 'DIFFERS'}"
+        )
     same = metrics.tolist() == expected
     ok &= same
     print(f"all {len(expected)} rounds {'equal' if same else 'do NOT equal'} the seed script's")

@@ -89,7 +89,9 @@ def run_seed(code: str, overrides: dict, threads: int | None) -> dict:
     fields = {f.name for f in dataclasses.fields(base_cfg)}
     unknown = set(overrides) - fields
     if unknown:
-        sys.exit(f"seed_reference: unknown FoundationConfig field(s) {sorted(unknown)}; known: {sorted(fields)}")
+        sys.exit(
+            f"seed_reference: unknown FoundationConfig field(s) {sorted(unknown)}; known: {sorted(fields)}"
+        )
     ns["FoundationConfig"] = lambda: base_cfg(**overrides)  # main() looks it up in ns
     captured: list = []
     orig_train = ns["FoundationServer"].train
@@ -138,16 +140,51 @@ FIXTURE_CASES = [
     ("default", {}, 2),
     ("default_1_thread", {}, 1),
     ("seed7_short", {"seed": 7, "num_rounds": 8}, 2),
-    ("fewer_clients", {"num_clients": 6, "clients_per_round": 3, "local_epochs": 1,
-                       "batch_size": 32, "num_rounds": 6}, 2),
-    ("model_shape", {"hidden_dim": 96, "num_layers": 2, "num_classes": 12, "lora_rank": 8,
-                     "lora_alpha": 16.0, "learning_rate": 0.003, "num_rounds": 6}, 2),
-    ("all_clients_wide_head", {"hidden_dim": 48, "num_layers": 1, "num_classes": 40,
-                               "batch_size": 50, "clients_per_round": 10, "lora_rank": 1,
-                               "num_rounds": 5, "seed": 3}, 2),
-    ("deep_small_batches", {"hidden_dim": 64, "num_layers": 6, "local_epochs": 3,
-                            "batch_size": 8, "lora_rank": 2, "lora_alpha": 4.0,
-                            "num_rounds": 4}, 2),
+    (
+        "fewer_clients",
+        {"num_clients": 6, "clients_per_round": 3, "local_epochs": 1, "batch_size": 32, "num_rounds": 6},
+        2,
+    ),
+    (
+        "model_shape",
+        {
+            "hidden_dim": 96,
+            "num_layers": 2,
+            "num_classes": 12,
+            "lora_rank": 8,
+            "lora_alpha": 16.0,
+            "learning_rate": 0.003,
+            "num_rounds": 6,
+        },
+        2,
+    ),
+    (
+        "all_clients_wide_head",
+        {
+            "hidden_dim": 48,
+            "num_layers": 1,
+            "num_classes": 40,
+            "batch_size": 50,
+            "clients_per_round": 10,
+            "lora_rank": 1,
+            "num_rounds": 5,
+            "seed": 3,
+        },
+        2,
+    ),
+    (
+        "deep_small_batches",
+        {
+            "hidden_dim": 64,
+            "num_layers": 6,
+            "local_epochs": 3,
+            "batch_size": 8,
+            "lora_rank": 2,
+            "lora_alpha": 4.0,
+            "num_rounds": 4,
+        },
+        2,
+    ),
 ]
 
 
@@ -165,7 +202,8 @@ def write_fixture(code: str, path: Path, seed_md: Path) -> None:
         overrides = [f"{FIELD_TO_KEY[k]}={v}" for k, v in fields.items()]
         cases.append({"name": name, "seed_fields": fields, "fedbench_overrides": overrides, **out})
     doc = {
-        "produced_by": "python scripts/seed_reference.py --fixture " + str(path)
+        "produced_by": "python scripts/seed_reference.py --fixture "
+        + str(path)
         + " (runs the unmodified seed script from shared/seed/tutorial_166.md once per case,"
         " in a fresh process, at the thread count recorded per case)",
         "fingerprint": numeric_fingerprint(),

@@ -25,8 +25,14 @@ def run_cli(args: list[str], cwd: Path, timeout: float = 300, extra_path=()) -> 
     """``python -m fedbench ARGS`` in a fresh process (outputs go under ``cwd``); ``extra_path``
     folders go on its ``PYTHONPATH`` before the repository."""
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([*map(str, extra_path), str(ROOT)]))
-    return subprocess.run([sys.executable, "-m", "fedbench", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "fedbench", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 class StopAfter:

@@ -10,8 +10,18 @@ from conftest import ROOT, run_cli
 
 from fedbench.results import COLUMNS
 
-REQUIRED = {"round", "accuracy", "test_loss", "train_loss", "bytes_up", "bytes_down", "cum_bytes",
-            "clients", "trainable_params", "wall_s"}
+REQUIRED = {
+    "round",
+    "accuracy",
+    "test_loss",
+    "train_loss",
+    "bytes_up",
+    "bytes_down",
+    "cum_bytes",
+    "clients",
+    "trainable_params",
+    "wall_s",
+}
 
 
 def test_run_writes_metrics_and_summary(tmp_path):
@@ -44,9 +54,13 @@ def test_a_reader_that_leaves_early_does_not_fail_the_run(tmp_path):
     import sys
 
     run_dir = tmp_path / "run"
-    proc = subprocess.Popen([sys.executable, "-m", "fedbench", "fl.num_rounds=2", "threads=1",
-                             f"hydra.run.dir={run_dir}"], cwd=tmp_path, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fedbench", "fl.num_rounds=2", "threads=1", f"hydra.run.dir={run_dir}"],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=dict(os.environ, PYTHONPATH=str(ROOT)),
+    )
     proc.stdout.read(10)
     proc.stdout.close()
     _, err = proc.communicate(timeout=300)
@@ -55,8 +69,11 @@ def test_a_reader_that_leaves_early_does_not_fail_the_run(tmp_path):
 
 
 BAD_INPUTS = [
-    (["method=prompt_magic"], "method=prompt_magic: unknown option for group 'method'; allowed: "
-     + ", ".join(sorted(p.stem for p in (ROOT / "conf" / "method").glob("*.yaml")))),
+    (
+        ["method=prompt_magic"],
+        "method=prompt_magic: unknown option for group 'method'; allowed: "
+        + ", ".join(sorted(p.stem for p in (ROOT / "conf" / "method").glob("*.yaml"))),
+    ),
     (["model=gpt9"], "unknown option for group 'model'"),
     (["strategy=nope"], "unknown option for group 'strategy'"),
     (["compression=zip"], "unknown option for group 'compression'"),
@@ -69,13 +86,20 @@ BAD_INPUTS = [
     (["model.depth=3"], "model.depth: unknown key for model=tutorial_mlp; its keys: input_dim=128, "),
     # the selected option's keys, not the default option's
     (["method=full", "method.rank=4"], "method.rank: unknown key for method=full; its keys: none"),
-    (["method=adapter", "model=tiny_bert", "data=bbc", "method.rank=4"],
-     "method.rank: unknown key for method=adapter; its keys: bottleneck=16, activation=gelu (gelu|relu|tanh)"),
-    (["+method.rnk=4"], "method.rnk: unknown key for method=lora; its keys: rank=4, alpha=1.0, init_std=0.01, "
-     "target_modules=null, aggregation=naive (naive|ffa|exact)"),
+    (
+        ["method=adapter", "model=tiny_bert", "data=bbc", "method.rank=4"],
+        "method.rank: unknown key for method=adapter; its keys: bottleneck=16, activation=gelu (gelu|relu|tanh)",
+    ),
+    (
+        ["+method.rnk=4"],
+        "method.rnk: unknown key for method=lora; its keys: rank=4, alpha=1.0, init_std=0.01, "
+        "target_modules=null, aggregation=naive (naive|ffa|exact)",
+    ),
     (["method.aggregation=avg"], "method.aggregation='avg': must be one of: naive, ffa, exact"),
-    (["compression/up=int8", "compression.up.granularity=col"],
-     "compression.up.granularity='col': must be one of: tensor, row"),
+    (
+        ["compression/up=int8", "compression.up.granularity=col"],
+        "compression.up.granularity='col': must be one of: tensor, row",
+    ),
     (["fl.engine=gpu"], "fl.engine='gpu': must be one of: exact, vectorized"),
     # only registered components: nothing else is imported
     (["method._target_=os.system"], "method._target_='os.system': is not a registered method component"),

@@ -53,12 +53,23 @@ def analytic_bytes(codec) -> int:
     return total
 
 
-CODECS = [NoCompression(), Float16(), BFloat16(), Int8(), Int8(granularity="row"),
-          TopK(fraction=0.1, error_feedback=False), TopK(fraction=0.01), TopK(fraction=1.0)]
+CODECS = [
+    NoCompression(),
+    Float16(),
+    BFloat16(),
+    Int8(),
+    Int8(granularity="row"),
+    TopK(fraction=0.1, error_feedback=False),
+    TopK(fraction=0.01),
+    TopK(fraction=1.0),
+]
 
 
-@pytest.mark.parametrize("codec", CODECS, ids=lambda c: f"{type(c).__name__}{getattr(c, 'granularity', '')}"
-                                                        f"{getattr(c, 'fraction', '')}")
+@pytest.mark.parametrize(
+    "codec",
+    CODECS,
+    ids=lambda c: f"{type(c).__name__}{getattr(c, 'granularity', '')}{getattr(c, 'fraction', '')}",
+)
 def test_counted_bytes_equal_analytic_bytes(codec):
     message = codec.encode(payload(), key=0)
     assert message_bytes(message) == analytic_bytes(codec)
@@ -69,19 +80,31 @@ def test_counted_bytes_equal_analytic_bytes(codec):
 
 def test_index_width_follows_tensor_size():
     assert [index_dtype(n) for n in (1, 256, 257, 32768, 32769, 2**31)] == [
-        torch.uint8, torch.uint8, torch.int16, torch.int16, torch.int32, torch.int32]
+        torch.uint8,
+        torch.uint8,
+        torch.int16,
+        torch.int16,
+        torch.int32,
+        torch.int32,
+    ]
     assert index_dtype(2**31 + 1) == torch.int64
     assert [topk_count(n, 0.1) for n in (1, 10, 11, 256, 40000)] == [1, 1, 2, 26, 4000]
     message = TopK(fraction=0.1).encode(payload(), key=3)
     widths = {k: parts[1].dtype for k, parts in message.items()}
-    assert widths == {"a": torch.uint8, "b": torch.uint8, "c": torch.int16, "d": torch.int32, "e": torch.uint8}
+    assert widths == {
+        "a": torch.uint8,
+        "b": torch.uint8,
+        "c": torch.int16,
+        "d": torch.int32,
+        "e": torch.uint8,
+    }
 
 
 def test_none_is_exact_and_floats_round_within_their_precision():
     x = payload(1)
     for k, v in NoCompression().decode(NoCompression().encode(x)).items():
         assert torch.equal(v, x[k])
-    for codec, rel in ((Float16(), 2.0 ** -11), (BFloat16(), 2.0 ** -8)):
+    for codec, rel in ((Float16(), 2.0**-11), (BFloat16(), 2.0**-8)):
         for k, v in codec.decode(codec.encode(x)).items():
             assert ((v - x[k]).abs() <= rel * x[k].abs() + 1e-7).all(), (codec, k)
 
@@ -155,8 +178,18 @@ def test_bad_codec_values_are_refused():
 
 # -- through a run: the tutorial LoRA payload ---------------------------------------------------
 # name -> shape of the default LoRA's trainable state (4 layers, rank 4, 10-class head)
-LORA = {"A0": (128, 4), "B0": (4, 256), "A1": (256, 4), "B1": (4, 256), "A2": (256, 4), "B2": (4, 256),
-        "A3": (256, 4), "B3": (4, 256), "head.weight": (10, 256), "head.bias": (10,)}
+LORA = {
+    "A0": (128, 4),
+    "B0": (4, 256),
+    "A1": (256, 4),
+    "B1": (4, 256),
+    "A2": (256, 4),
+    "B2": (4, 256),
+    "A3": (256, 4),
+    "B3": (4, 256),
+    "head.weight": (10, 256),
+    "head.bias": (10,),
+}
 
 
 def lora_bytes(kind: str, shapes=LORA) -> int:
@@ -175,15 +208,21 @@ def lora_bytes(kind: str, shapes=LORA) -> int:
 
 @pytest.mark.parametrize("up,down", [("topk", "none"), ("int8", "bf16"), ("int8_row", "int8")])
 def test_run_counts_each_direction_with_its_own_codec(up, down):
-    df = run(compose_cfg(["fl.num_rounds=2", "threads=1", f"compression/up={up}", f"compression/down={down}"]))
+    df = run(
+        compose_cfg(["fl.num_rounds=2", "threads=1", f"compression/up={up}", f"compression/down={down}"])
+    )
     assert (df["bytes_up"] == 5 * lora_bytes(up)).all()
     assert (df["bytes_down"] == 5 * lora_bytes(down)).all()
     assert df["accuracy"].notna().all()
 
 
 def test_presets_compose_both_directions():
-    for preset, up, down in (("int8", "Int8", "Int8"), ("bf16", "BFloat16", "BFloat16"),
-                             ("topk", "TopK", "NoCompression"), ("topk_int8", "TopK", "Int8")):
+    for preset, up, down in (
+        ("int8", "Int8", "Int8"),
+        ("bf16", "BFloat16", "BFloat16"),
+        ("topk", "TopK", "NoCompression"),
+        ("topk_int8", "TopK", "Int8"),
+    ):
         comp = compose_cfg([f"compression={preset}"]).compression
         assert comp.up._target_.endswith("." + up) and comp.down._target_.endswith("." + down)
 
@@ -191,15 +230,20 @@ def test_presets_compose_both_directions():
 def test_topk_downlink_is_refused_with_one_line(tmp_path):
     res = run_cli(["compression/down=topk"], cwd=tmp_path)
     assert res.returncode == 2
-    assert res.stderr.strip().splitlines() == ["fedbench: compression.down=topk: unknown option for group "
-                                               "'compression/down'; allowed: bf16, fp16, int8, int8_row, none"]
+    assert res.stderr.strip().splitlines() == [
+        "fedbench: compression.down=topk: unknown option for group "
+        "'compression/down'; allowed: bf16, fp16, int8, int8_row, none"
+    ]
     with pytest.raises(ConfigError, match="^compression.down: TopK sends changes"):
         run(compose_cfg(["fl.num_rounds=1", "compression.down._target_=fedbench.fl.comm.TopK"]))
 
 
 def test_dropout_counts_only_bytes_that_were_sent_and_records_reports():
-    df = run(compose_cfg(["fl.num_rounds=6", "threads=1", "fl.dropout=0.5", "method=head_only",
-                          "compression=topk"]))
+    df = run(
+        compose_cfg(
+            ["fl.num_rounds=6", "threads=1", "fl.dropout=0.5", "method=head_only", "compression=topk"]
+        )
+    )
     head = lora_bytes("topk", {"w": (10, 256), "b": (10,)})
     assert (df["bytes_down"] == 5 * 10 * 257 * 4).all()  # the downlink reaches every selected client
     assert (df["bytes_up"] == df["reported"] * head).all()

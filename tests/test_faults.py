@@ -14,8 +14,7 @@ from fedbench.fl.engine import check_update
 from fedbench.fl.faults import KINDS, corrupt
 from fedbench.run import run
 
-BASE = ["fl.num_rounds=3", "fl.clients_per_round=4", "model.hidden_dim=64", "model.num_layers=2",
-        "threads=1"]
+BASE = ["fl.num_rounds=3", "fl.clients_per_round=4", "model.hidden_dim=64", "model.num_layers=2", "threads=1"]
 
 
 @pytest.mark.parametrize("kind", ["wrong_shape", "wrong_dtype", "missing_key", "extra_key"])
@@ -55,7 +54,9 @@ def test_byzantine_scaled_update_passes_validation_but_median_resists_it():
     med = run(compose_cfg([*cfg, one_bad, "strategy=median"]))
     med_clean = run(compose_cfg([*cfg, "strategy=median"]))
     assert avg.loc[0, "rejected"] == 0  # finite: not a validation matter
-    assert abs(med.loc[0, "test_loss"] - med_clean.loc[0, "test_loss"]) < abs(avg.loc[0, "test_loss"] - clean.loc[0, "test_loss"])
+    assert abs(med.loc[0, "test_loss"] - med_clean.loc[0, "test_loss"]) < abs(
+        avg.loc[0, "test_loss"] - clean.loc[0, "test_loss"]
+    )
 
 
 def test_trimmed_mean_drops_extremes():

@@ -28,8 +28,16 @@ from fedbench.fl.state import FlatParams
 from fedbench.fl.vectorized import make_engine
 from fedbench.run import build
 
-SMALL = ["method=head_only", "model.hidden_dim=48", "model.num_layers=2", "data.samples_per_client=100",
-         "data.test_size=200", "fl.num_rounds=4", "fl.num_clients=6", "fl.clients_per_round=3"]
+SMALL = [
+    "method=head_only",
+    "model.hidden_dim=48",
+    "model.num_layers=2",
+    "data.samples_per_client=100",
+    "data.test_size=200",
+    "fl.num_rounds=4",
+    "fl.num_clients=6",
+    "fl.clients_per_round=3",
+]
 
 
 def rows_independent(threads: int, hidden: int = 48) -> bool:
@@ -43,7 +51,9 @@ def rows_independent(threads: int, hidden: int = 48) -> bool:
             x, w = torch.randn(100, fan_in, generator=gen), torch.randn(fan_out, fan_in, generator=gen)
             full = nn.functional.linear(x, w)
             for c in (16, 32, 64):
-                if not torch.equal(full, torch.cat([nn.functional.linear(x[i:i + c], w) for i in range(0, 100, c)])):
+                if not torch.equal(
+                    full, torch.cat([nn.functional.linear(x[i : i + c], w) for i in range(0, 100, c)])
+                ):
                     return False
         return True
     finally:
@@ -55,8 +65,9 @@ def assert_same_run(a: list[dict], b: list[dict], exact: bool) -> None:
         assert a == b  # accuracy, test and train loss, bytes: identical
         return
     for x, y in zip(a, b, strict=True):
-        assert {k: v for k, v in x.items() if "loss" not in k and k != "accuracy"} == \
-            {k: v for k, v in y.items() if "loss" not in k and k != "accuracy"}
+        assert {k: v for k, v in x.items() if "loss" not in k and k != "accuracy"} == {
+            k: v for k, v in y.items() if "loss" not in k and k != "accuracy"
+        }
         assert y["accuracy"] == pytest.approx(x["accuracy"], abs=0.01)
         assert y["train_loss"] == pytest.approx(x["train_loss"], rel=1e-5)
         assert y["test_loss"] == pytest.approx(x["test_loss"], rel=1e-5)
@@ -134,7 +145,9 @@ def test_features_are_what_the_head_sees():
     feats = backbone_features(model, x, chunk=32)
     exact = rows_independent(torch.get_num_threads())
     with torch.no_grad():
-        torch.testing.assert_close(model.head(feats), model(x), rtol=0 if exact else 1e-5, atol=0 if exact else 1e-6)
+        torch.testing.assert_close(
+            model.head(feats), model(x), rtol=0 if exact else 1e-5, atol=0 if exact else 1e-6
+        )
 
 
 def test_not_cacheable_when_more_than_the_head_trains_or_backbone_is_random():
@@ -179,8 +192,12 @@ def test_bert_head_only_cached_matches_uncached():
             x[torch.arange(12).unsqueeze(0) >= lens.unsqueeze(1)] = 0
             return x
 
-        data = FederatedData(clients=[(ids(24), torch.randint(0, 2, (24,), generator=gen)) for _ in range(4)],
-                             test=(ids(40), torch.randint(0, 2, (40,), generator=gen)), num_classes=2, partition="x")
+        data = FederatedData(
+            clients=[(ids(24), torch.randint(0, 2, (24,), generator=gen)) for _ in range(4)],
+            test=(ids(40), torch.randint(0, 2, (40,), generator=gen)),
+            num_classes=2,
+            partition="x",
+        )
         model = hf.TinyBert(dropout=0.0, hidden_size=16, intermediate_size=32, num_layers=1).build()
         method = HeadOnly()
         model.attach_head()
@@ -189,9 +206,16 @@ def test_bert_head_only_cached_matches_uncached():
         if cache:
             model, data = cache_features(model, data)
         spec = validate(compose_cfg(["fl.num_clients=4", "fl.clients_per_round=2", "fl.batch_size=8"]))
-        return Engine(model=model, state=state, data=data, fl=spec.fl, strategy=spec.strategy,
-                      codec_up=spec.compression_up, codec_down=spec.compression_down,
-                    method=spec.method)
+        return Engine(
+            model=model,
+            state=state,
+            data=data,
+            fl=spec.fl,
+            strategy=spec.strategy,
+            codec_up=spec.compression_up,
+            codec_down=spec.compression_down,
+            method=spec.method,
+        )
 
     plain = setup(False)
     rows_a = [plain.run_round() for _ in range(3)]

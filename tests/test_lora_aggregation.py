@@ -36,8 +36,16 @@ def _engine(extra=()):
     set_threads(spec.threads)  # as run() does (conftest restores the count afterwards)
     data, model, state = build(spec)
     up = Recording()
-    engine = Engine(model=model, state=state, data=data, fl=spec.fl, strategy=spec.strategy,
-                    codec_up=up, codec_down=spec.compression_down, method=spec.method)
+    engine = Engine(
+        model=model,
+        state=state,
+        data=data,
+        fl=spec.fl,
+        strategy=spec.strategy,
+        codec_up=up,
+        codec_down=spec.compression_down,
+        method=spec.method,
+    )
     return spec, model, state, engine, up
 
 
@@ -47,8 +55,10 @@ def _layers(model):
 
 def _dense_mean(updates, sizes, name, scale):
     total = sum(sizes)
-    return sum(n / total * scale * (u[f"{name}.lora_A"].double() @ u[f"{name}.lora_B"].double())
-               for n, u in zip(sizes, updates))
+    return sum(
+        n / total * scale * (u[f"{name}.lora_A"].double() @ u[f"{name}.lora_B"].double())
+        for n, u in zip(sizes, updates)
+    )
 
 
 def test_exact_merges_the_dense_mean_of_client_updates_and_naive_does_not():
@@ -74,8 +84,10 @@ def test_exact_merges_the_dense_mean_of_client_updates_and_naive_does_not():
         assert (naive - dense).abs().max() > 0.05 * dense.abs().max()
         # every client restarts from the shared initialisation
         assert torch.equal(mod.lora_A, a0[name]) and not mod.lora_B.any()
-    assert torch.equal(engine.global_payload["head.weight"], FedAvg().aggregate(
-        {}, [(n, {"h": u["head.weight"]}) for n, u in zip(sizes, updates)])["h"])
+    assert torch.equal(
+        engine.global_payload["head.weight"],
+        FedAvg().aggregate({}, [(n, {"h": u["head.weight"]}) for n, u in zip(sizes, updates)])["h"],
+    )
 
 
 def test_exact_with_a_robust_strategy_aggregates_the_dense_products():
@@ -103,8 +115,9 @@ def test_exact_unit_with_known_factors():
         torch.testing.assert_close((mod.base.weight - before[name]).t().double(), dense, rtol=1e-5, atol=1e-6)
     assert list(new) == state.names
     # K r (in + out) float32 values per layer in the merge message
-    assert proto.merge_bytes == [sum(3 * spec.method.rank * (m.lora_A.shape[0] + m.lora_B.shape[1]) * 4
-                                     for _, m in _layers(model))]
+    assert proto.merge_bytes == [
+        sum(3 * spec.method.rank * (m.lora_A.shape[0] + m.lora_B.shape[1]) * 4 for _, m in _layers(model))
+    ]
 
 
 def _catch_up_bytes(df, merge):
@@ -114,7 +127,7 @@ def _catch_up_bytes(df, merge):
     for t, sel in enumerate(df["selected"], start=1):
         total = 0
         for c in map(int, sel.split()):
-            total += HEAD * 4 + sum(merge[last.get(c, 0):t - 1])
+            total += HEAD * 4 + sum(merge[last.get(c, 0) : t - 1])
             last[c] = t - 1
         out.append(total)
     return out
@@ -154,7 +167,10 @@ def test_naive_is_the_default_and_unchanged():
     assert spec.method.server_protocol(model, state) is None
     # the field is in the composed config, yet runs at the default keep the hash they had
     # before it existed (a resolved config without it)
-    without = {**spec.resolved, "method": {k: v for k, v in spec.resolved["method"].items() if k != "aggregation"}}
+    without = {
+        **spec.resolved,
+        "method": {k: v for k, v in spec.resolved["method"].items() if k != "aggregation"},
+    }
     assert "aggregation" in spec.resolved["method"] and config_hash(without) == spec.config_hash
 
 

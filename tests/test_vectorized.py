@@ -31,8 +31,15 @@ from fedbench.fl.vectorized import (
 from fedbench.methods.full import Full
 from fedbench.run import build
 
-SMALL = ["model.hidden_dim=32", "model.num_layers=3", "data.samples_per_client=60", "data.test_size=100",
-         "fl.num_rounds=4", "fl.num_clients=6", "fl.clients_per_round=3"]
+SMALL = [
+    "model.hidden_dim=32",
+    "model.num_layers=3",
+    "data.samples_per_client=60",
+    "data.test_size=100",
+    "fl.num_rounds=4",
+    "fl.num_clients=6",
+    "fl.clients_per_round=3",
+]
 
 
 def _engine(overrides, kind, data=None):
@@ -72,8 +79,17 @@ def test_rows_match_exact_engine(method):
     assert isinstance(vec, VectorizedEngine) and type(ex) is Engine
     assert [set(r) for r in a] == [set(r) for r in b]
     for x, y in zip(a, b):
-        for key in ("round", "bytes_up", "bytes_down", "clients", "reported", "rejected", "selected",
-                    "trainable_params", "_all_nonfinite"):
+        for key in (
+            "round",
+            "bytes_up",
+            "bytes_down",
+            "clients",
+            "reported",
+            "rejected",
+            "selected",
+            "trainable_params",
+            "_all_nonfinite",
+        ):
             assert x[key] == y[key], key
         assert abs(x["accuracy"] - y["accuracy"]) <= 0.02
         assert y["train_loss"] == pytest.approx(x["train_loss"], rel=1e-4)
@@ -105,11 +121,11 @@ def _stacked_vs_single(model, state, clients, step_kind):
             losses = gen_step(P, G, b)
     for j, k in enumerate(plan.perm):
         x, y = clients[k]
-        rows = b.x[j * b.B:(j + 1) * b.B]
+        rows = b.x[j * b.B : (j + 1) * b.B]
         keep = rows.abs().sum(1) > 0 if b.w is not None else slice(None)
         state.flat.copy_(starts[k])
         state.grad.zero_()
-        loss = F.cross_entropy(model(rows[keep]), b.y[j * b.B:(j + 1) * b.B][keep])
+        loss = F.cross_entropy(model(rows[keep]), b.y[j * b.B : (j + 1) * b.B][keep])
         loss.backward()
         assert losses[j].item() == pytest.approx(loss.item(), rel=1e-5)
         grads = {}
@@ -136,9 +152,16 @@ def test_unequal_clients_train_like_exact():
     data, model, state = build(spec)
     clients = [data.clients[0], tuple(t[:7] for t in data.clients[1]), tuple(t[:33] for t in data.clients[2])]
     torch.set_num_threads(1)
-    vec = VectorizedEngine(model=model, state=state, data=data, fl=spec.fl, strategy=spec.strategy,
-                           codec_up=spec.compression_up, codec_down=spec.compression_down,
-                    method=spec.method)
+    vec = VectorizedEngine(
+        model=model,
+        state=state,
+        data=data,
+        fl=spec.fl,
+        strategy=spec.strategy,
+        codec_up=spec.compression_up,
+        codec_down=spec.compression_down,
+        method=spec.method,
+    )
     start = state.flat.clone()
     rng = torch.get_rng_state()
     finals, losses = vec.train_selected(clients, start)
@@ -214,14 +237,31 @@ class _Scaled(nn.Module):
 def test_refuses_what_it_cannot_stack():
     model = _Scaled()
     state = FlatParams(model, ["gain", "head.weight", "head.bias"])
-    data = FederatedData(clients=[(torch.randn(8, 4), torch.randint(0, 2, (8,)))] * 2,
-                         test=(torch.randn(8, 4), torch.randint(0, 2, (8,))), num_classes=2, partition="x")
+    data = FederatedData(
+        clients=[(torch.randn(8, 4), torch.randint(0, 2, (8,)))] * 2,
+        test=(torch.randn(8, 4), torch.randint(0, 2, (8,))),
+        num_classes=2,
+        partition="x",
+    )
     fl = FLConfig(num_clients=2, clients_per_round=2)
     with pytest.raises(ConfigError, match="fl.engine.*gain"):
-        VectorizedEngine(model=model, state=state, data=data, fl=fl, strategy=FedAvg(),
-                         codec_up=NoCompression(), codec_down=NoCompression(), method=Full())
-    spec = SimpleNamespace(fl=fl, strategy=FedAvg(), compression_up=NoCompression(),
-                           compression_down=NoCompression(), method=None)
+        VectorizedEngine(
+            model=model,
+            state=state,
+            data=data,
+            fl=fl,
+            strategy=FedAvg(),
+            codec_up=NoCompression(),
+            codec_down=NoCompression(),
+            method=Full(),
+        )
+    spec = SimpleNamespace(
+        fl=fl,
+        strategy=FedAvg(),
+        compression_up=NoCompression(),
+        compression_down=NoCompression(),
+        method=None,
+    )
     fl.engine = "warp"
     with pytest.raises(ConfigError, match="fl.engine"):
         make_engine(spec, model, state, data)

@@ -52,8 +52,9 @@ class LazyTutorialData(TutorialData):
     def build(self, num_clients: int, seed: int) -> LazyFederatedData:
         clients = LazyClients(self, num_clients, seed)
         test = self.make(self.test_size, _generator(seed, _TEST_STREAM))
-        return LazyFederatedData(clients=clients, test=test, num_classes=self.num_classes,
-                                 partition="per-client (lazy)")
+        return LazyFederatedData(
+            clients=clients, test=test, num_classes=self.num_classes, partition="per-client (lazy)"
+        )
 
 
 class LazyClients(Sequence):

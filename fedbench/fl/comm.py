@@ -155,8 +155,11 @@ class TopK(Codec):
             k = topk_count(flat.numel(), self.fraction)
             idx = torch.topk(flat.abs(), k, sorted=False).indices.sort().values
             values = flat.index_select(0, idx)
-            out[name] = (values, idx.to(index_dtype(flat.numel())),
-                         torch.empty((0, *x.shape), dtype=torch.uint8))
+            out[name] = (
+                values,
+                idx.to(index_dtype(flat.numel())),
+                torch.empty((0, *x.shape), dtype=torch.uint8),
+            )
             if self.error_feedback:
                 rest = flat.clone()
                 rest[idx] = 0.0
@@ -182,4 +185,6 @@ class TopK(Codec):
         self._residual = {}
         for i, key in enumerate(meta.get("keys", [])):
             prefix = f"{i}/"
-            self._residual[key] = {k[len(prefix):]: v.clone() for k, v in tensors.items() if k.startswith(prefix)}
+            self._residual[key] = {
+                k[len(prefix) :]: v.clone() for k, v in tensors.items() if k.startswith(prefix)
+            }

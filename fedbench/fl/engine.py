@@ -80,12 +80,15 @@ class Engine:
 
     def __post_init__(self) -> None:
         if self.codec_down.delta:
-            raise ConfigError("compression.down",
-                              f"{type(self.codec_down).__name__} sends changes against per-receiver state, "
-                              "which the downlink does not keep; use none, fp16, bf16 or int8")
+            raise ConfigError(
+                "compression.down",
+                f"{type(self.codec_down).__name__} sends changes against per-receiver state, "
+                "which the downlink does not keep; use none, fp16, bf16 or int8",
+            )
         self.protocol = self.method.server_protocol(self.model, self.state)
-        self.opt = FlatAdamW(self.state.flat, self.state.grad, lr=self.fl.lr,
-                             weight_decay=self.fl.weight_decay)
+        self.opt = FlatAdamW(
+            self.state.flat, self.state.grad, lr=self.fl.lr, weight_decay=self.fl.weight_decay
+        )
         # The tutorial samples with numpy's global legacy RNG, last seeded with 999.
         self.sampler = np.random.RandomState(self.fl.sampling_seed)
         # Dropout draws from its own stream so that fl.dropout=0 leaves every other draw alone.
@@ -105,8 +108,9 @@ class Engine:
             chosen = self.sampler.choice(n, k, replace=False)
         return [int(c) for c in chosen]
 
-    def train_clients(self, selected: list[int], start: Payload,
-                      mu: float) -> Iterator[tuple[int, int, int, Payload, float]]:
+    def train_clients(
+        self, selected: list[int], start: Payload, mu: float
+    ) -> Iterator[tuple[int, int, int, Payload, float]]:
         """Train each selected client from ``start``, one after another: yields (position in
         ``selected``, client id, samples, trained payload, mean batch loss) per client, in order.
         ``mu > 0`` adds FedProx's proximal term. Engines that train differently override this."""
@@ -117,8 +121,17 @@ class Engine:
             if mu > 0 and start_flat is None:
                 start_flat = self.state.flat.clone()
             self.opt.reset()
-            loss = train_client(self.model, self.state, self.opt, x, y, self.fl.local_epochs,
-                                self.fl.batch_size, self.step, prox=(mu, start_flat) if mu > 0 else None)
+            loss = train_client(
+                self.model,
+                self.state,
+                self.opt,
+                x,
+                y,
+                self.fl.local_epochs,
+                self.fl.batch_size,
+                self.step,
+                prox=(mu, start_flat) if mu > 0 else None,
+            )
             yield i, cid, len(y), self.state.snapshot(), loss
 
     def run_round(self) -> dict:
@@ -127,7 +140,9 @@ class Engine:
         selected = self.select_clients()
         if self.on_client is not None:
             self.on_client(rnd, 0, len(selected))
-        drops = self.dropout_rng.random_sample(len(selected)) < self.fl.dropout if self.fl.dropout > 0 else None
+        drops = (
+            self.dropout_rng.random_sample(len(selected)) < self.fl.dropout if self.fl.dropout > 0 else None
+        )
         if self.protocol is None:
             down_message = self.codec_down.encode(self.global_payload, key="server")
             bytes_down = message_bytes(down_message) * len(selected)
@@ -150,8 +165,10 @@ class Engine:
             reported += 1
             update = self.codec_up.decode(up_message, key=cid)
             if self.codec_up.delta:
-                update = {k: start[k] + v if k in start and v.shape == start[k].shape else v
-                          for k, v in update.items()}
+                update = {
+                    k: start[k] + v if k in start and v.shape == start[k].shape else v
+                    for k, v in update.items()
+                }
             update = self.faults.apply(update, cid, rnd)
             reason = check_update(update, self.global_payload)
             if reason is not None:
@@ -165,8 +182,9 @@ class Engine:
 
         all_nonfinite = reported > 0 and nonfinite == reported
         if updates and self.protocol is not None:
-            self.global_payload = self.protocol.aggregate(self.global_payload, updates, self.strategy,
-                                                          self.codec_down, rnd)
+            self.global_payload = self.protocol.aggregate(
+                self.global_payload, updates, self.strategy, self.codec_down, rnd
+            )
         elif updates:
             self.global_payload = self.strategy.aggregate(self.global_payload, updates)
         # (with nothing usable arriving, the global model stays as it was)
@@ -191,9 +209,12 @@ class Engine:
 
     def diverged(self, row: dict) -> bool:
         """The global model is unusable: non-finite weights or test loss, or every update was."""
-        return (row["_all_nonfinite"] or not np.isfinite(row["test_loss"])
-                or not bool(torch.isfinite(self.state.flat).all())
-                or (self.protocol is not None and not self.protocol.finite()))
+        return (
+            row["_all_nonfinite"]
+            or not np.isfinite(row["test_loss"])
+            or not bool(torch.isfinite(self.state.flat).all())
+            or (self.protocol is not None and not self.protocol.finite())
+        )
 
     # -- checkpointing ---------------------------------------------------------------------
     def _stateful(self) -> tuple[tuple[str, Stateful], ...]:
@@ -230,9 +251,11 @@ class Engine:
             kind, pos, has_gauss, gauss = meta[f"rng_{name}"]
             rs.set_state((kind, tensors[f"rng/{name}"].numpy().astype(np.uint32), pos, has_gauss, gauss))
         kind, pos, has_gauss, gauss = meta["rng_numpy_global"]
-        np.random.set_state((kind, tensors["rng/numpy_global"].numpy().astype(np.uint32), pos, has_gauss, gauss))
+        np.random.set_state(
+            (kind, tensors["rng/numpy_global"].numpy().astype(np.uint32), pos, has_gauss, gauss)
+        )
         version, internal, gauss_next = meta["rng_python"]
         random.setstate((version, tuple(internal), gauss_next))
         for prefix, obj in self._stateful():
-            sub = {k[len(prefix) + 1:]: v for k, v in tensors.items() if k.startswith(prefix + "/")}
+            sub = {k[len(prefix) + 1 :]: v for k, v in tensors.items() if k.startswith(prefix + "/")}
             obj.load_state_dict(sub, meta.get(prefix, {}))

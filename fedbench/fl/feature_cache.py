@@ -71,10 +71,12 @@ def backbone_features(model: nn.Module, x: torch.Tensor, chunk: int = 64) -> tor
     model.eval()
     try:
         seen: list[torch.Tensor] = []
-        hook = model.get_submodule(model.head_name).register_forward_pre_hook(lambda mod, args: seen.append(args[0].detach()))
+        hook = model.get_submodule(model.head_name).register_forward_pre_hook(
+            lambda mod, args: seen.append(args[0].detach())
+        )
         try:
             for i in range(0, len(x), chunk):
-                model(x[i:i + chunk])
+                model(x[i : i + chunk])
         finally:
             hook.remove()
         return torch.cat(seen)
@@ -104,7 +106,9 @@ class CachedClients(Sequence):
     when selected again); None keeps every client's features (each row computed once).
     """
 
-    def __init__(self, model: nn.Module, clients: Sequence, chunk: int, max_clients: int | None = None) -> None:
+    def __init__(
+        self, model: nn.Module, clients: Sequence, chunk: int, max_clients: int | None = None
+    ) -> None:
         self.model, self.source, self.chunk, self.max_clients = model, clients, chunk, max_clients
         self.cache: OrderedDict[int, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
         self.computed_rows = 0  # rows pushed through the backbone
@@ -141,13 +145,15 @@ class CachedData(FederatedData):
         return self.source.client_sizes()
 
 
-def cache_features(model: nn.Module, data: FederatedData, chunk: int = 64,
-                   max_clients: int | None = None) -> tuple[HeadModel, CachedData]:
+def cache_features(
+    model: nn.Module, data: FederatedData, chunk: int = 64, max_clients: int | None = None
+) -> tuple[HeadModel, CachedData]:
     """(head-only model, data with features for inputs). Call :func:`why_not_cacheable` first."""
     head_name = model.head_name
     clients = CachedClients(model, data.clients, chunk, max_clients)
     x_test, y_test = data.test
     test = (backbone_features(model, x_test, chunk), y_test)
-    cached = CachedData(clients=clients, test=test, num_classes=data.num_classes,
-                        partition=data.partition, source=data)
+    cached = CachedData(
+        clients=clients, test=test, num_classes=data.num_classes, partition=data.partition, source=data
+    )
     return HeadModel(model.get_submodule(head_name), head_name), cached

@@ -32,10 +32,17 @@ def shuffled_order(n: int) -> torch.Tensor:
     return torch.randperm(n, generator=gen)
 
 
-def train_client(model: nn.Module, state: FlatParams, opt: FlatAdamW, x: torch.Tensor,
-                 y: torch.Tensor, epochs: int, batch_size: int,
-                 step: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
-                 prox: tuple[float, torch.Tensor] | None = None) -> float:
+def train_client(
+    model: nn.Module,
+    state: FlatParams,
+    opt: FlatAdamW,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    epochs: int,
+    batch_size: int,
+    step: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    prox: tuple[float, torch.Tensor] | None = None,
+) -> float:
     """Train the live parameters in place; returns the mean batch loss.
 
     ``step(xb, yb)``, when given, computes the loss and writes the gradients into
@@ -59,7 +66,7 @@ def _train_loop(model, state, opt, x, y, epochs, batch_size, step, prox) -> floa
         # the same row-major layout, as gathering the batch on its own).
         xs, ys = x.index_select(0, order), y.index_select(0, order)
         for start in range(0, n, batch_size):
-            xb, yb = xs[start:start + batch_size], ys[start:start + batch_size]
+            xb, yb = xs[start : start + batch_size], ys[start : start + batch_size]
             if step is not None:
                 loss = step(xb, yb)
             else:
@@ -84,6 +91,6 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
     """
     consume_loader_seed()  # the tutorial evaluates through an (unshuffled) DataLoader
     model.eval()
-    logits = torch.cat([model(x[i:i + batch_size]) for i in range(0, len(y), batch_size)])
+    logits = torch.cat([model(x[i : i + batch_size]) for i in range(0, len(y), batch_size)])
     correct = (logits.argmax(dim=1) == y).sum().item()
     return correct / len(y), F.cross_entropy(logits, y).item()

@@ -11,8 +11,15 @@ import torch
 
 
 class FlatAdamW:
-    def __init__(self, param: torch.Tensor, grad: torch.Tensor, lr: float, betas=(0.9, 0.999),
-                 eps: float = 1e-8, weight_decay: float = 0.01) -> None:
+    def __init__(
+        self,
+        param: torch.Tensor,
+        grad: torch.Tensor,
+        lr: float,
+        betas=(0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0.01,
+    ) -> None:
         self.param, self.grad = param, grad
         self.lr, self.beta1, self.beta2 = lr, betas[0], betas[1]
         self.eps, self.weight_decay = eps, weight_decay

@@ -44,8 +44,10 @@ class FlatParams:
 
     def views(self, flat: torch.Tensor) -> Payload:
         """Name -> view into ``flat`` (any vector laid out like this state)."""
-        return {n: flat[lo:hi].view(s)
-                for n, s, lo, hi in zip(self.names, self.shapes, self.offsets, self.offsets[1:])}
+        return {
+            n: flat[lo:hi].view(s)
+            for n, s, lo, hi in zip(self.names, self.shapes, self.offsets, self.offsets[1:])
+        }
 
     def snapshot(self) -> Payload:
         """A copy of the current values, as a payload (views of one fresh vector)."""

@@ -14,8 +14,18 @@ from fedbench.errors import ConfigError
 from fedbench.fl.state import Payload
 from fedbench.registry import register
 
-__all__ = ["Strategy", "FedAvg", "Median", "TrimmedMean", "FedProx", "ServerOptimizer", "FedAvgM",
-           "FedAdagrad", "FedAdam", "FedYogi"]
+__all__ = [
+    "Strategy",
+    "FedAvg",
+    "Median",
+    "TrimmedMean",
+    "FedProx",
+    "ServerOptimizer",
+    "FedAvgM",
+    "FedAdagrad",
+    "FedAdam",
+    "FedYogi",
+]
 
 
 @register("strategy", "fedavg")
@@ -72,7 +82,7 @@ class TrimmedMean(Strategy):
             s = _stack(updates, key).sort(dim=0).values
             k = s.shape[0]
             cut = min(int(self.beta * k), (k - 1) // 2)
-            out[key] = s[cut:k - cut].mean(dim=0)
+            out[key] = s[cut : k - cut].mean(dim=0)
         return out
 
 
@@ -162,10 +172,10 @@ class FedAvgM(ServerOptimizer):
 
 @dataclass
 class _Adaptive(ServerOptimizer):
-    lr: float = 0.03      # server learning rate (eta)
+    lr: float = 0.03  # server learning rate (eta)
     beta1: float = 0.9
     beta2: float = 0.99
-    tau: float = 1e-3     # adaptivity: larger tau = closer to server SGD with momentum
+    tau: float = 1e-3  # adaptivity: larger tau = closer to server SGD with momentum
 
     def __post_init__(self) -> None:
         _check("lr", self.lr, self.lr > 0, "must be a float > 0")
@@ -179,7 +189,7 @@ class _Adaptive(ServerOptimizer):
         self._m[key] = m
         v = self._v.get(key)
         if v is None:
-            v = torch.full_like(delta, self.tau ** 2)
+            v = torch.full_like(delta, self.tau**2)
         self._v[key] = v = self._second_moment(v, delta * delta)
         return self.lr * m / (v.sqrt() + self.tau)
 

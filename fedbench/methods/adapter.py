@@ -57,20 +57,33 @@ class Adapter(Method):
             raise ConfigError("method.bottleneck", "must be an integer >= 1", self.bottleneck)
 
     def check_compatible(self, comps: dict, fl) -> None:
-        require_architecture("adapter", comps["model"], DEFAULT_TARGETS,
-                             "inserts bottleneck adapters after a transformer's attention and feed-forward outputs")
+        require_architecture(
+            "adapter",
+            comps["model"],
+            DEFAULT_TARGETS,
+            "inserts bottleneck adapters after a transformer's attention and feed-forward outputs",
+        )
 
     def _targets(self, model: nn.Module) -> list[str]:
-        patterns = self.target_modules if self.target_modules is not None else DEFAULT_TARGETS[model.architecture]
+        patterns = (
+            self.target_modules if self.target_modules is not None else DEFAULT_TARGETS[model.architecture]
+        )
         return select_targets(model, patterns)
 
     def inject(self, model: nn.Module) -> None:
-        wrap_modules(model, self._targets(model), lambda base: AdapterLinear(base, self.bottleneck, self.activation))
+        wrap_modules(
+            model, self._targets(model), lambda base: AdapterLinear(base, self.bottleneck, self.activation)
+        )
 
     def trainable(self, model: nn.Module) -> list[str]:
         norms = set()
         if self.train_layernorm:
             norms = {n for n, m in model.named_modules() if isinstance(m, nn.LayerNorm)}
-        return [n for n, _ in model.named_parameters()
-                if ".adapter_down." in n or ".adapter_up." in n or is_head(model, n)
-                or n.rpartition(".")[0] in norms]
+        return [
+            n
+            for n, _ in model.named_parameters()
+            if ".adapter_down." in n
+            or ".adapter_up." in n
+            or is_head(model, n)
+            or n.rpartition(".")[0] in norms
+        ]

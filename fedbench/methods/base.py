@@ -38,9 +38,12 @@ def require_architecture(method: str, model_cfg, supported, what: str) -> None:
     """Refuse (one line) a model whose architecture the method has no entry for."""
     if model_cfg.architecture in supported:
         return
-    raise ConfigError(f"method={method}", f"{what}, and model {type(model_cfg).__name__} is a "
-                      f"{model_cfg.architecture!r} model; architectures this method knows: "
-                      f"{', '.join(sorted(supported))}")
+    raise ConfigError(
+        f"method={method}",
+        f"{what}, and model {type(model_cfg).__name__} is a "
+        f"{model_cfg.architecture!r} model; architectures this method knows: "
+        f"{', '.join(sorted(supported))}",
+    )
 
 
 def linear_names(model: nn.Module) -> list[str]:
@@ -67,11 +70,14 @@ def name_matches(name: str, patterns: list[str]) -> bool:
     return any(name == pat or name.endswith("." + pat) or re.fullmatch(pat, name) for pat in patterns)
 
 
-def select_targets(model: nn.Module, targets: list[str] | None, key: str = "method.target_modules") -> list[str]:
+def select_targets(
+    model: nn.Module, targets: list[str] | None, key: str = "method.target_modules"
+) -> list[str]:
     """The model's nn.Linear names (head excepted) matching ``targets`` (None: all of them)."""
     linear = linear_names(model)
     chosen = linear if targets is None else [n for n in linear if name_matches(n, list(targets))]
     if not chosen:
-        raise ConfigError(key, f"matches no nn.Linear of the model; available: {', '.join(linear) or 'none'}",
-                          targets)
+        raise ConfigError(
+            key, f"matches no nn.Linear of the model; available: {', '.join(linear) or 'none'}", targets
+        )
     return chosen

@@ -19,12 +19,16 @@ class BitFit(Method):
     def check_compatible(self, comps: dict, fl) -> None:
         model = comps["model"]
         if not model.has_biases():
-            raise ConfigError("method=bitfit", f"trains the model's biases, and {type(model).__name__} has none "
-                              "(its base layers are bias-free; set model.use_bias=true, or use method=head_only)")
+            raise ConfigError(
+                "method=bitfit",
+                f"trains the model's biases, and {type(model).__name__} has none "
+                "(its base layers are bias-free; set model.use_bias=true, or use method=head_only)",
+            )
 
     def trainable(self, model: nn.Module) -> list[str]:
-        names = [n for n, _ in model.named_parameters()
-                 if is_head(model, n) or n.rpartition(".")[2] == "bias"]
+        names = [
+            n for n, _ in model.named_parameters() if is_head(model, n) or n.rpartition(".")[2] == "bias"
+        ]
         if all(is_head(model, n) for n in names):
             raise TypeError(f"{type(model).__name__} has no bias outside its head: bitfit = head_only here")
         return names

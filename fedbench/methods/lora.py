@@ -60,20 +60,28 @@ class LoRA(Method):
     def check_compatible(self, comps: dict, fl) -> None:
         arch = comps["model"].architecture
         if self.target_modules is None and arch not in DEFAULT_TARGETS:
-            raise ConfigError("method.target_modules", f"is null and LoRA has no default targets for "
-                              f"{arch!r} models (it knows: {', '.join(DEFAULT_TARGETS)}); name the modules")
+            raise ConfigError(
+                "method.target_modules",
+                f"is null and LoRA has no default targets for "
+                f"{arch!r} models (it knows: {', '.join(DEFAULT_TARGETS)}); name the modules",
+            )
 
     def _targets(self, model: nn.Module) -> list[str]:
-        targets = self.target_modules if self.target_modules is not None else DEFAULT_TARGETS[model.architecture]
+        targets = (
+            self.target_modules if self.target_modules is not None else DEFAULT_TARGETS[model.architecture]
+        )
         return select_targets(model, targets)
 
     def inject(self, model: nn.Module) -> None:
-        wrap_modules(model, self._targets(model), lambda base: LoRALinear(base, self.rank, self.alpha, self.init_std))
+        wrap_modules(
+            model, self._targets(model), lambda base: LoRALinear(base, self.rank, self.alpha, self.init_std)
+        )
 
     def trainable(self, model: nn.Module) -> list[str]:
         factors = ("lora_B",) if self.aggregation == "ffa" else ("lora_A", "lora_B")
-        return [n for n, _ in model.named_parameters()
-                if n.rpartition(".")[2] in factors or is_head(model, n)]
+        return [
+            n for n, _ in model.named_parameters() if n.rpartition(".")[2] in factors or is_head(model, n)
+        ]
 
     def server_protocol(self, model: nn.Module, state):
         if self.aggregation == "exact":
@@ -93,9 +101,19 @@ class LoRA(Method):
             tensors[f"{name}.lora_A.weight"] = m.lora_A.detach().t().contiguous().clone()
             tensors[f"{name}.lora_B.weight"] = m.lora_B.detach().t().contiguous().clone()
         config = {
-            "peft_type": "LORA", "r": self.rank, "lora_alpha": self.alpha, "lora_dropout": 0.0,
-            "target_modules": sorted(mods), "bias": "none", "fan_in_fan_out": False,
-            "init_lora_weights": True, "use_rslora": False, "use_dora": False, "layers_to_transform": None,
-            "layers_pattern": None, "rank_pattern": {}, "alpha_pattern": {},
+            "peft_type": "LORA",
+            "r": self.rank,
+            "lora_alpha": self.alpha,
+            "lora_dropout": 0.0,
+            "target_modules": sorted(mods),
+            "bias": "none",
+            "fan_in_fan_out": False,
+            "init_lora_weights": True,
+            "use_rslora": False,
+            "use_dora": False,
+            "layers_to_transform": None,
+            "layers_pattern": None,
+            "rank_pattern": {},
+            "alpha_pattern": {},
         }
         return config, tensors

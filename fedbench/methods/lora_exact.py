@@ -58,21 +58,28 @@ class ExactLoRA:
         self.synced: dict[int, int] = {}  # client -> last round whose merge it holds
 
     # -- downlink -----------------------------------------------------------------------------
-    def downlink(self, global_payload: Payload, codec: Codec, selected: list[int],
-                 rnd: int) -> tuple[Payload, int]:
+    def downlink(
+        self, global_payload: Payload, codec: Codec, selected: list[int], rnd: int
+    ) -> tuple[Payload, int]:
         """(the payload every selected client starts from, bytes sent to them all)."""
         self._pad(rnd - 1)
         message = codec.encode({k: global_payload[k] for k in self.rest}, key="server")
         sent = message_bytes(message) * len(selected)
         for cid in selected:
-            sent += sum(self.merge_bytes[self.synced.get(cid, 0):rnd - 1])
+            sent += sum(self.merge_bytes[self.synced.get(cid, 0) : rnd - 1])
             self.synced[cid] = rnd - 1
         decoded = codec.decode(message, key="server") if message else {}
         return {k: decoded[k] if k in decoded else self.init[k] for k in self.names}, sent
 
     # -- aggregation --------------------------------------------------------------------------
-    def aggregate(self, global_payload: Payload, updates: list[tuple[int, Payload]], strategy: Strategy,
-                  codec: Codec, rnd: int) -> Payload:
+    def aggregate(
+        self,
+        global_payload: Payload,
+        updates: list[tuple[int, Payload]],
+        strategy: Strategy,
+        codec: Codec,
+        rnd: int,
+    ) -> Payload:
         """Merge the clients' exact mean update into the base weights; return the new global
         payload (adapters back at their initialisation, the rest as the strategy aggregates)."""
         self._pad(rnd - 1)
@@ -82,16 +89,30 @@ class ExactLoRA:
             merge = {}
             for name, mod in self.layers:
                 merge[f"{name}.A"] = torch.cat([u[f"{name}.lora_A"].float() for _, u in updates], dim=1)
-                merge[f"{name}.B"] = torch.cat([(n / total * mod.scale) * u[f"{name}.lora_B"].float()
-                                                for n, u in updates], dim=0)
+                merge[f"{name}.B"] = torch.cat(
+                    [(n / total * mod.scale) * u[f"{name}.lora_B"].float() for n, u in updates], dim=0
+                )
         else:
-            dense_global = {f"{name}.dW": torch.zeros(m.lora_A.shape[0], m.lora_B.shape[1])
-                            for name, m in self.layers}
-            dense_updates = [(n, {**{k: u[k] for k in self.rest},
-                                  **{f"{name}.dW": m.scale * (u[f"{name}.lora_A"].float() @ u[f"{name}.lora_B"].float())
-                                     for name, m in self.layers}})
-                             for n, u in updates]
-            out = strategy.aggregate({**{k: global_payload[k] for k in self.rest}, **dense_global}, dense_updates)
+            dense_global = {
+                f"{name}.dW": torch.zeros(m.lora_A.shape[0], m.lora_B.shape[1]) for name, m in self.layers
+            }
+            dense_updates = [
+                (
+                    n,
+                    {
+                        **{k: u[k] for k in self.rest},
+                        **{
+                            f"{name}.dW": m.scale
+                            * (u[f"{name}.lora_A"].float() @ u[f"{name}.lora_B"].float())
+                            for name, m in self.layers
+                        },
+                    },
+                )
+                for n, u in updates
+            ]
+            out = strategy.aggregate(
+                {**{k: global_payload[k] for k in self.rest}, **dense_global}, dense_updates
+            )
             rest = {k: out[k] for k in self.rest}
             merge = {k: out[k] for k in dense_global}
         message = codec.encode(merge, key="server")
@@ -99,7 +120,11 @@ class ExactLoRA:
         decoded = codec.decode(message, key="server")
         with torch.no_grad():
             for name, mod in self.layers:
-                dw = decoded[f"{name}.dW"] if f"{name}.dW" in decoded else decoded[f"{name}.A"] @ decoded[f"{name}.B"]
+                dw = (
+                    decoded[f"{name}.dW"]
+                    if f"{name}.dW" in decoded
+                    else decoded[f"{name}.A"] @ decoded[f"{name}.B"]
+                )
                 mod.base.weight.add_(dw.t().to(mod.base.weight.dtype))
         return {k: rest[k] if k in rest else self.init[k].clone() for k in self.names}
 
@@ -107,8 +132,9 @@ class ExactLoRA:
     def _strategy(strategy, global_payload, updates, keys):
         if not keys:
             return {}
-        return strategy.aggregate({k: global_payload[k] for k in keys},
-                                  [(n, {k: u[k] for k in keys}) for n, u in updates])
+        return strategy.aggregate(
+            {k: global_payload[k] for k in keys}, [(n, {k: u[k] for k in keys}) for n, u in updates]
+        )
 
     def _pad(self, rounds: int) -> None:
         while len(self.merge_bytes) < rounds:
@@ -120,8 +146,10 @@ class ExactLoRA:
     # -- checkpointing ------------------------------------------------------------------------
     def state_dict(self) -> tuple[dict[str, torch.Tensor], dict]:
         tensors = {f"base/{name}": m.base.weight.detach().clone() for name, m in self.layers}
-        meta = {"merge_bytes": list(self.merge_bytes),
-                "synced": [[int(c), int(r)] for c, r in sorted(self.synced.items())]}
+        meta = {
+            "merge_bytes": list(self.merge_bytes),
+            "synced": [[int(c), int(r)] for c, r in sorted(self.synced.items())],
+        }
         return tensors, meta
 
     def load_state_dict(self, tensors: dict[str, torch.Tensor], meta: dict) -> None:

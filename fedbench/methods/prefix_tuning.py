@@ -47,8 +47,10 @@ class PrefixKV(nn.Module):
         """The prefix as the backbone's key/value cache for a batch (a fresh one per forward)."""
         from transformers import DynamicCache
 
-        pairs = [(layer[0].unsqueeze(0).expand(batch, -1, -1, -1), layer[1].unsqueeze(0).expand(batch, -1, -1, -1))
-                 for layer in self.kv]
+        pairs = [
+            (layer[0].unsqueeze(0).expand(batch, -1, -1, -1), layer[1].unsqueeze(0).expand(batch, -1, -1, -1))
+            for layer in self.kv
+        ]
         return DynamicCache(pairs)
 
 
@@ -63,14 +65,21 @@ class PrefixTuning(VirtualTokenMethod):
     INITS: ClassVar[tuple[str, ...]] = INITS
 
     def check_compatible(self, comps: dict, fl) -> None:
-        require_architecture("prefix_tuning", comps["model"], ARCHITECTURES,
-                             "prepends learned keys/values to every attention layer")
+        require_architecture(
+            "prefix_tuning",
+            comps["model"],
+            ARCHITECTURES,
+            "prepends learned keys/values to every attention layer",
+        )
         if self.text_positions == "after_prefix":
             limit, length = comps["model"].max_positions, comps["data"].max_length
             if self.num_virtual_tokens + length > limit:
-                raise ConfigError("method.num_virtual_tokens", f"plus data.max_length ({length}) must be <= "
-                                  f"the model's {limit} positions with text_positions=after_prefix",
-                                  self.num_virtual_tokens)
+                raise ConfigError(
+                    "method.num_virtual_tokens",
+                    f"plus data.max_length ({length}) must be <= "
+                    f"the model's {limit} positions with text_positions=after_prefix",
+                    self.num_virtual_tokens,
+                )
 
     def inject(self, model: nn.Module) -> None:
         L, H, P = model.num_layers, model.num_heads, self.num_virtual_tokens
@@ -115,14 +124,21 @@ class PrefixTuning(VirtualTokenMethod):
         if model.architecture != "bert":
             return None
         if self.text_positions != "after_prefix":
-            raise ValueError("prefix tuning with method.text_positions=from_zero has no PEFT counterpart: PEFT "
-                             "numbers the text's positions from num_virtual_tokens (train with "
-                             "method.text_positions=after_prefix to export)")
+            raise ValueError(
+                "prefix tuning with method.text_positions=from_zero has no PEFT counterpart: PEFT "
+                "numbers the text's positions from num_virtual_tokens (train with "
+                "method.text_positions=after_prefix to export)"
+            )
         kv = model.prefix.kv.detach()  # [layers, 2, heads, P, head_dim]
         layers, _, heads, P, _ = kv.shape
         config = {
-            "peft_type": "PREFIX_TUNING", "num_virtual_tokens": P, "token_dim": model.hidden_size,
-            "num_layers": layers, "num_attention_heads": heads, "num_transformer_submodules": 1,
-            "encoder_hidden_size": model.hidden_size, "prefix_projection": False,
+            "peft_type": "PREFIX_TUNING",
+            "num_virtual_tokens": P,
+            "token_dim": model.hidden_size,
+            "num_layers": layers,
+            "num_attention_heads": heads,
+            "num_transformer_submodules": 1,
+            "encoder_hidden_size": model.hidden_size,
+            "prefix_projection": False,
         }
         return config, {"prompt_embeddings": kv.permute(3, 0, 1, 2, 4).reshape(P, -1).contiguous().clone()}

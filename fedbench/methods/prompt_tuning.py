@@ -41,13 +41,20 @@ class PromptTuning(VirtualTokenMethod):
     INITS: ClassVar[tuple[str, ...]] = INITS
 
     def check_compatible(self, comps: dict, fl) -> None:
-        require_architecture("prompt_tuning", comps["model"], ARCHITECTURES,
-                             "prepends virtual tokens to a transformer's input embeddings")
+        require_architecture(
+            "prompt_tuning",
+            comps["model"],
+            ARCHITECTURES,
+            "prepends virtual tokens to a transformer's input embeddings",
+        )
         limit = comps["model"].max_positions
         length = comps["data"].max_length
         if self.num_virtual_tokens + length > limit:
-            raise ConfigError("method.num_virtual_tokens", f"plus data.max_length ({length}) must be <= the "
-                              f"model's {limit} positions", self.num_virtual_tokens)
+            raise ConfigError(
+                "method.num_virtual_tokens",
+                f"plus data.max_length ({length}) must be <= the model's {limit} positions",
+                self.num_virtual_tokens,
+            )
 
     def inject(self, model: nn.Module) -> None:
         emb = model.word_embeddings().weight
@@ -70,9 +77,15 @@ class PromptTuning(VirtualTokenMethod):
             return None
         weight = model.prompt.weight.detach()
         config = {
-            "peft_type": "PROMPT_TUNING", "num_virtual_tokens": weight.shape[0], "token_dim": weight.shape[1],
-            "num_layers": model.num_layers, "num_attention_heads": model.num_heads,
-            "num_transformer_submodules": 1, "prompt_tuning_init": "RANDOM", "prompt_tuning_init_text": None,
-            "tokenizer_name_or_path": None, "tokenizer_kwargs": None,
+            "peft_type": "PROMPT_TUNING",
+            "num_virtual_tokens": weight.shape[0],
+            "token_dim": weight.shape[1],
+            "num_layers": model.num_layers,
+            "num_attention_heads": model.num_heads,
+            "num_transformer_submodules": 1,
+            "prompt_tuning_init": "RANDOM",
+            "prompt_tuning_init_text": None,
+            "tokenizer_name_or_path": None,
+            "tokenizer_kwargs": None,
         }
         return config, {"prompt_embeddings": weight.contiguous().clone()}

@@ -31,5 +31,5 @@ class Selective(Method):
         blocks = model.block_names()
         if self.last_k > len(blocks):
             raise ConfigError("method.last_k", f"must be <= the model's {len(blocks)} blocks", self.last_k)
-        top = tuple(b + "." for b in blocks[len(blocks) - self.last_k:])
+        top = tuple(b + "." for b in blocks[len(blocks) - self.last_k :])
         return [n for n, _ in model.named_parameters() if is_head(model, n) or n.startswith(top)]

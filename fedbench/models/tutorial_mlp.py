@@ -41,15 +41,20 @@ class TutorialMLP(ModelConfig):
         data = comps["data"]
         dim, classes = data.input_dim, data.num_classes
         if dim is None:
-            raise ConfigError("data", "the tutorial MLP takes feature vectors; use data=tutorial or "
-                              "data=tutorial_lazy (text data needs model=minilm or model=tiny_bert)",
-                              type(data).__name__)
+            raise ConfigError(
+                "data",
+                "the tutorial MLP takes feature vectors; use data=tutorial or "
+                "data=tutorial_lazy (text data needs model=minilm or model=tiny_bert)",
+                type(data).__name__,
+            )
         if dim != self.input_dim:
             raise ConfigError("model.input_dim", f"must equal data.dim ({dim})", self.input_dim)
         if classes > self.num_classes:
-            raise ConfigError("model.num_classes",
-                              f"must be >= data.num_classes ({classes}): labels must fit the head",
-                              self.num_classes)
+            raise ConfigError(
+                "model.num_classes",
+                f"must be >= data.num_classes ({classes}): labels must fit the head",
+                self.num_classes,
+            )
 
     def has_biases(self) -> bool:
         return self.use_bias
@@ -58,16 +63,18 @@ class TutorialMLP(ModelConfig):
         return self.num_layers
 
     def build(self) -> TutorialMLPModule:
-        return TutorialMLPModule(self.input_dim, self.hidden_dim, self.num_layers,
-                                 self.num_classes, self.use_bias)
+        return TutorialMLPModule(
+            self.input_dim, self.hidden_dim, self.num_layers, self.num_classes, self.use_bias
+        )
 
 
 class TutorialMLPModule(nn.Module):
     head_name = "head"
     architecture = "mlp"
 
-    def __init__(self, input_dim: int, hidden_dim: int, num_layers: int, num_classes: int,
-                 use_bias: bool) -> None:
+    def __init__(
+        self, input_dim: int, hidden_dim: int, num_layers: int, num_classes: int, use_bias: bool
+    ) -> None:
         super().__init__()
         dims = [input_dim] + [hidden_dim] * num_layers
         self.layers = nn.ModuleList()
