@@ -14,7 +14,7 @@ evaluation; the row contract and the checkpoint (``state_dict``, inherited). Eac
 batches are the exact engine's batches too: the shuffle seeds are drawn from torch's global RNG
 in the same order (client by client, epoch by epoch). What differs is float rounding (``bmm``
 over transposed stacks, torch's fused AdamW kernel), so accuracies are close to, not equal to,
-the exact engine's; the README gives the measured distance on the tutorial.
+the exact engine's; docs/engines.md gives the measured distance on the tutorial.
 
 Clients of unequal size are handled by ordering them by number of local steps: at every step
 the clients still training are a prefix of the stack, and rows past a client's last batch of
