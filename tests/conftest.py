@@ -35,6 +35,25 @@ TINY_TEXT = [
 ]
 
 
+# The same over 3 clients of 16 articles, 24 tokens, without weight decay (so a parameter that
+# gets no gradient stays exactly where it started): the method-table tests.
+TEXT_THREE_CLIENTS = [
+    "data=bbc",
+    "data.train_size=48",
+    "data.test_size=16",
+    "data.max_length=24",
+    "data.min_size=4",
+    "fl.num_rounds=1",
+    "fl.num_clients=3",
+    "fl.clients_per_round=2",
+    "fl.local_epochs=1",
+    "fl.batch_size=8",
+    "fl.lr=0.01",
+    "threads=1",
+    "fl.weight_decay=0.0",
+]
+
+
 def engine_for(spec, data, model, state, engine_cls=None):
     """An engine (the exact one unless ``engine_cls``) over a built run, with the spec's parts."""
     from fedbench.fl.engine import Engine

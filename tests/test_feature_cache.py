@@ -12,11 +12,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import compose_cfg
+from conftest import compose_cfg, engine_for
 from torch import nn
 
 from fedbench.config import validate
-from fedbench.fl.engine import Engine
 from fedbench.fl.feature_cache import (
     CachedClients,
     HeadModel,
@@ -206,16 +205,7 @@ def test_bert_head_only_cached_matches_uncached():
         if cache:
             model, data = cache_features(model, data)
         spec = validate(compose_cfg(["fl.num_clients=4", "fl.clients_per_round=2", "fl.batch_size=8"]))
-        return Engine(
-            model=model,
-            state=state,
-            data=data,
-            fl=spec.fl,
-            strategy=spec.strategy,
-            codec_up=spec.compression_up,
-            codec_down=spec.compression_down,
-            method=spec.method,
-        )
+        return engine_for(spec, data, model, state)
 
     plain = setup(False)
     rows_a = [plain.run_round() for _ in range(3)]

