@@ -11,6 +11,7 @@ same way (``/fedbench/run``, ``/fedbench/fl``) so ``conf/config.yaml`` does not 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 from dataclasses import dataclass, field
@@ -147,8 +148,9 @@ def _store_settings() -> None:
     cs.store(group="fedbench", name="fl", node=FLConfig, provider="fedbench")
 
 
+@functools.cache
 def load_registry() -> None:
-    """Make every component and setting available to Hydra (call before composing)."""
+    """Make every component and setting available to Hydra (call before composing; once)."""
     registry.load()
     _store_settings()
 
@@ -192,8 +194,9 @@ class RunSpec:
     resolved: dict = field(repr=False)
     quiet: bool = False
 
-    @property
+    @functools.cached_property
     def config_hash(self) -> str:
+        """Computed once per spec: the run asks for it at every checkpoint."""
         return config_hash(self.resolved)
 
 

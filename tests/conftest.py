@@ -54,6 +54,22 @@ TEXT_THREE_CLIENTS = [
 ]
 
 
+# A tiny tutorial MLP (8 -> 16 x 3 -> head) over 3 clients of 32 rows, no weight decay.
+MLP_THREE_CLIENTS = [
+    "fl.num_rounds=1",
+    "fl.num_clients=3",
+    "fl.clients_per_round=2",
+    "fl.local_epochs=1",
+    "data.samples_per_client=32",
+    "data.test_size=16",
+    "model.hidden_dim=16",
+    "model.num_layers=3",
+    "model.input_dim=8",
+    "threads=1",
+    "fl.weight_decay=0.0",
+]
+
+
 def engine_for(spec, data, model, state, engine_cls=None):
     """An engine (the exact one unless ``engine_cls``) over a built run, with the spec's parts."""
     from fedbench.fl.engine import Engine

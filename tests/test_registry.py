@@ -108,7 +108,8 @@ def test_no_plus_plus_overrides_in_docs_tests_or_experiments():
         ROOT / "Makefile",
     ]
     me = Path(__file__).resolve()
-    pattern = re.compile(r"(^|[\s\"'\[,])\+\+[A-Za-z_][\w.]*=", re.M)
+    # `++key=value` on a command line, `++key: a,b` in a sweeper's params
+    pattern = re.compile(r"(^|[\s\"'\[,])\+\+[A-Za-z_][\w.]*\s*[=:]", re.M)
     offenders = [
         str(p.relative_to(ROOT))
         for p in files
