@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 run: install  ## the Tutorial 166 reproduction (or: make run ARGS="method=full fl.num_rounds=5")
-	$(BIN)/fedbench $(ARGS)
+	$(BIN)/fedbench experiment=tutorial_166 $(ARGS)
 
 test: install  ## the full test suite, as CI runs it (pytest's "no tests" exit 5 is a failure)
 	@$(BIN)/python -m pytest $(PYTEST_ARGS); rc=$$?; \

@@ -62,8 +62,14 @@ class RunSettings:
     resume: bool = True
     checkpoint_every: int = 1  # rounds between checkpoints (0 = none); the last round always saves
     quiet: bool = False  # no progress bar (the per-round log lines stay)
+    # Random streams (fedbench.rng): paired = one stream per purpose, so runs that differ only in
+    # method, codec, strategy, lr or evaluation schedule see the same clients and batches;
+    # tutorial = the seed script's single coupled stream (the only way to reproduce its numbers).
+    rng: str = choice("paired", ("paired", "tutorial"))
 
     def __post_init__(self) -> None:
+        if self.rng not in ("paired", "tutorial"):
+            raise ConfigError("rng", "must be one of: paired, tutorial", self.rng)
         if self.seed < 0:
             raise ConfigError("seed", "must be an integer >= 0", self.seed)
         if self.threads is not None and self.threads < 1:
@@ -101,11 +107,15 @@ class FLConfig:
     dropout: float = 0.0
     # Injected faults, "KIND:CLIENT:ROUND" (see fedbench.fl.faults).
     faults: List[str] = field(default_factory=list)  # noqa: UP006 (OmegaConf)
+    # Evaluate the global model every N rounds (the last round always); other rounds' rows keep
+    # their bytes and losses with accuracy and test loss left empty (NaN).
+    eval_every: int = 1
 
     def __post_init__(self) -> None:
         check_choices(self, "fl")
         for key in (
             "num_rounds",
+            "eval_every",
             "num_clients",
             "clients_per_round",
             "local_epochs",
@@ -193,6 +203,7 @@ class RunSpec:
     compression_down: Any
     resolved: dict = field(repr=False)
     quiet: bool = False
+    rng: str = "paired"
 
     @functools.cached_property
     def config_hash(self) -> str:
@@ -220,6 +231,8 @@ def canonical(resolved: dict) -> dict:
     ``fl`` setting that equals its dataclass default left out. A field added later with a
     default therefore leaves the identity of runs that keep it at the default unchanged."""
     ident = {k: v for k, v in resolved.items() if k not in EXECUTION_KEYS}
+    # Configs recorded before ``rng`` existed ran on the tutorial's single stream.
+    ident.setdefault("rng", "tutorial")
     if isinstance(ident.get("fl"), dict):
         ident["fl"] = _non_default(ident["fl"], FLConfig)
     for key in CONFIG_GROUPS:
@@ -341,6 +354,7 @@ def validate(cfg: DictConfig | dict) -> RunSpec:
         resume=settings.resume,
         checkpoint_every=settings.checkpoint_every,
         quiet=settings.quiet,
+        rng=settings.rng,
         fl=fl,
         compression_up=up,
         compression_down=down,

@@ -2,7 +2,13 @@
 
 A run folder holds ``metrics.csv`` (appended and flushed every round, so a killed run keeps
 its rows), ``metrics.parquet`` and ``summary.json`` (both written atomically when the run
-ends), next to Hydra's ``.hydra/``.
+ends), next to Hydra's ``.hydra/``. With per-client evaluation (``data.client_test_fraction``)
+it also holds ``client_metrics.csv`` (appended at every evaluation) and
+``client_metrics.parquet`` (written when the run ends): one row per (round, client).
+
+Rounds that are not evaluated (``fl.eval_every``) have ``accuracy``, ``test_loss`` and the
+``client_acc_*`` columns NaN; the ``client_acc_*`` columns are NaN in every row without
+per-client evaluation.
 """
 
 from __future__ import annotations
@@ -28,6 +34,10 @@ COLUMNS = [
     "accuracy",
     "test_loss",
     "train_loss",
+    "client_acc_mean",
+    "client_acc_std",
+    "client_acc_p10",
+    "client_acc_min",
     "bytes_up",
     "bytes_down",
     "cum_bytes_up",
@@ -54,6 +64,9 @@ INT_COLUMNS = {
     "trainable_params",
 }
 CLIENTS_CSV = "clients.csv"
+CLIENT_METRICS_CSV = "client_metrics.csv"
+CLIENT_METRICS_PARQUET = "client_metrics.parquet"
+CLIENT_METRIC_COLUMNS = ["round", "client", "samples", "accuracy", "loss"]
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -209,14 +222,96 @@ def summarize(rows: list[dict]) -> dict:
             "bytes_down_total": 0,
             "bytes_total": 0,
         }
-    best = max(rows, key=lambda r: r["accuracy"])
     last = rows[-1]
-    return {
+    evaluated = [r for r in rows if r["accuracy"] == r["accuracy"]]  # not NaN (fl.eval_every)
+    best = max(evaluated, key=lambda r: r["accuracy"]) if evaluated else None
+    final = evaluated[-1] if evaluated else None
+    out = {
         "rounds_completed": last["round"],
-        "final_accuracy": last["accuracy"],
-        "best_accuracy": best["accuracy"],
-        "best_round": best["round"],
+        "final_accuracy": final["accuracy"] if final else None,
+        "final_round": final["round"] if final else None,
+        "best_accuracy": best["accuracy"] if best else None,
+        "best_round": best["round"] if best else None,
         "bytes_up_total": last["cum_bytes_up"],
         "bytes_down_total": last["cum_bytes_down"],
         "bytes_total": last["cum_bytes"],
     }
+    with_clients = [
+        r for r in evaluated if r.get("client_acc_mean", float("nan")) == r.get("client_acc_mean")
+    ]
+    if with_clients:
+        out["final_client_acc_mean"] = with_clients[-1]["client_acc_mean"]
+        out["final_client_acc_p10"] = with_clients[-1]["client_acc_p10"]
+        out["final_client_acc_min"] = with_clients[-1]["client_acc_min"]
+    return out
+
+
+class ClientMetricsWriter:
+    """Per-client evaluation rows: appended to ``client_metrics.csv`` as they come (so a killed
+    run keeps them), ``client_metrics.parquet`` at the end. Writes nothing if there are none."""
+
+    def __init__(self, out_dir: Path | None, resume_round: int | None = None) -> None:
+        """``resume_round``: a resumed run keeps the rows up to that round and drops the rest."""
+        self.out_dir = Path(out_dir) if out_dir is not None else None
+        self.rows: list[dict] = []
+        if self.out_dir is None:
+            return
+        if resume_round is None:
+            for name in (CLIENT_METRICS_CSV, CLIENT_METRICS_PARQUET):
+                (self.out_dir / name).unlink(missing_ok=True)
+            return
+        path = self.out_dir / CLIENT_METRICS_CSV
+        if path.is_file():
+            with open(path, newline="") as fh:
+                for raw in csv.DictReader(fh):
+                    row = {k: (float(raw[k]) if k in ("accuracy", "loss") else int(raw[k])) for k in raw}
+                    if row["round"] <= resume_round:
+                        self.rows.append(row)
+            self._rewrite()
+
+    def _rewrite(self) -> None:
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=CLIENT_METRIC_COLUMNS)
+        writer.writeheader()
+        for row in self.rows:
+            writer.writerow(_csv_row(row))
+        atomic_write_bytes(self.out_dir / CLIENT_METRICS_CSV, buf.getvalue().encode())
+
+    def append(self, rows: list[dict]) -> None:
+        if not rows:
+            return
+        self.rows.extend(rows)
+        if self.out_dir is None:
+            return
+        path = self.out_dir / CLIENT_METRICS_CSV
+        new = not path.exists()
+        with open(path, "a", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=CLIENT_METRIC_COLUMNS)
+            if new:
+                writer.writeheader()
+            for row in rows:
+                writer.writerow(_csv_row(row))
+            fh.flush()
+
+    def finish(self) -> None:
+        if self.out_dir is None or not self.rows:
+            return
+        import numpy as np
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        columns = {
+            c: np.asarray(
+                [r[c] for r in self.rows], dtype=np.float64 if c in ("accuracy", "loss") else np.int64
+            )
+            for c in CLIENT_METRIC_COLUMNS
+        }
+        path = self.out_dir / CLIENT_METRICS_PARQUET
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.close(fd)
+        try:
+            pq.write_table(pa.table(columns), tmp)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise

@@ -65,7 +65,7 @@ def timed(cmd: list[str], cwd: Path, threads: int | None) -> tuple[float, subpro
 
 
 def fedbench_cmd(engine: str, run_dir: Path, threads: int | None) -> list[str]:
-    args = [f"fl.engine={engine}", f"hydra.run.dir={run_dir}"]
+    args = ["rng=tutorial", f"fl.engine={engine}", f"hydra.run.dir={run_dir}"]
     return [sys.executable, "-m", "fedbench", *args] + ([f"threads={threads}"] if threads is not None else [])
 
 

@@ -73,6 +73,7 @@ MLP_THREE_CLIENTS = [
 def engine_for(spec, data, model, state, engine_cls=None):
     """An engine (the exact one unless ``engine_cls``) over a built run, with the spec's parts."""
     from fedbench.fl.engine import Engine
+    from fedbench.rng import Streams
 
     return (engine_cls or Engine)(
         model=model,
@@ -83,6 +84,7 @@ def engine_for(spec, data, model, state, engine_cls=None):
         codec_up=spec.compression_up,
         codec_down=spec.compression_down,
         method=spec.method,
+        streams=Streams(spec.rng, spec.seed),
     )
 
 

@@ -75,7 +75,7 @@ def test_references_are_for_this_torch_and_cover_the_same_cases():
 
 @pytest.mark.parametrize("case", CASES, ids=[c["name"] for c in CASES])
 def test_accuracies_equal_seed(case):
-    cfg = compose_cfg([*case["fedbench_overrides"], f"threads={case['threads']}"])
+    cfg = compose_cfg([*case["fedbench_overrides"], f"threads={case['threads']}", "rng=tutorial"])
     expected = reference(case["name"])
     df = run(cfg)
     assert len(expected) == len(df)

@@ -107,7 +107,8 @@ def _stacked_vs_single(model, state, clients, step_kind):
         for n, v in st.views(st.W).items():
             src = state.views(s)[n]
             v[k].copy_(src.t() if n in st.transposed else src)
-    plan = RoundPlan(clients, epochs=1, batch_size=16, num_classes=mlp.num_classes if mlp else None)
+    orders = [[torch.randperm(len(y), generator=gen)] for _, y in clients]
+    plan = RoundPlan(clients, orders, batch_size=16, num_classes=mlp.num_classes if mlp else None)
     b = plan.batches[0]
     P, G = st.views(st.W, b.m), st.views(st.G, b.m)
     if mlp is not None:
@@ -154,15 +155,16 @@ def test_unequal_clients_train_like_exact():
     torch.set_num_threads(1)
     vec = engine_for(spec, data, model, state, VectorizedEngine)
     start = state.flat.clone()
-    rng = torch.get_rng_state()
-    finals, losses = vec.train_selected(clients, start)
-    torch.set_rng_state(rng)  # the exact engine draws the same shuffles in the same order
+    orders = vec.shuffles(1, [0, 1, 2], [len(y) for _, y in clients])
+    finals, losses = vec.train_selected(clients, orders, start)
     opt = FlatAdamW(state.flat, state.grad, lr=spec.fl.lr, weight_decay=spec.fl.weight_decay)
     step = fast_step(model, state)
     for k, (x, y) in enumerate(clients):
         state.flat.copy_(start)
         opt.reset()
-        loss = train_client(model, state, opt, x, y, 2, spec.fl.batch_size, step)
+        loss = train_client(
+            model, state, opt, x, y, 2, spec.fl.batch_size, step, order=lambda e, k=k: orders[k][e]
+        )
         assert losses[k] == pytest.approx(loss, rel=1e-4)
         torch.testing.assert_close(finals[k], state.flat, rtol=0, atol=2e-4)
 
@@ -196,8 +198,9 @@ def test_dropout_faults_and_fedprox_pass_through():
     vec, spec = _engine(SMALL, "vectorized")
     start = vec.state.flat.clone()
     clients = [vec.data.clients[i] for i in range(3)]
-    pulled, _ = vec.train_selected(clients, start, mu=0.5)
-    free, _ = vec.train_selected(clients, start, mu=0.0)
+    orders = vec.shuffles(1, [0, 1, 2], [len(y) for _, y in clients])
+    pulled, _ = vec.train_selected(clients, orders, start, mu=0.5)
+    free, _ = vec.train_selected(clients, orders, start, mu=0.0)
     assert all((p - start).norm() < (f - start).norm() for p, f in zip(pulled, free))
 
 

@@ -9,12 +9,14 @@ import torch
 
 @dataclass
 class FederatedData:
-    """Client training sets and one shared test set, as tensors."""
+    """Client training sets and one shared test set, as tensors; ``client_tests``: each
+    client's own held-out split (None: no per-client evaluation)."""
 
     clients: list[tuple[torch.Tensor, torch.Tensor]]
     test: tuple[torch.Tensor, torch.Tensor]
     num_classes: int
     partition: str
+    client_tests: list[tuple[torch.Tensor, torch.Tensor]] | None = None
 
     def client_sizes(self) -> list[int]:
         return [len(y) for _, y in self.clients]

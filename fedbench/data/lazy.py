@@ -23,6 +23,7 @@ import torch
 
 from fedbench.data import FederatedData
 from fedbench.data.tutorial import TutorialData
+from fedbench.errors import ConfigError
 from fedbench.registry import register
 
 _TEST_STREAM = 1  # spawn-key namespaces of the per-dataset generators
@@ -38,6 +39,16 @@ def _generator(seed: int, *key: int) -> torch.Generator:
 @dataclass
 class LazyTutorialData(TutorialData):
     """The tutorial data's settings and distribution; rows drawn per client on demand."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.client_test_fraction:
+            raise ConfigError(
+                "data.client_test_fraction",
+                "must be 0 for data=tutorial_lazy (per-client evaluation scores every client, "
+                "which lazy data never holds); use data=tutorial",
+                self.client_test_fraction,
+            )
 
     def labels(self, n: int, gen: torch.Generator) -> torch.Tensor:
         """The first draw of :meth:`make`: a client's labels without its features."""

@@ -39,6 +39,7 @@ import torch
 from fedbench.contracts import DataConfig
 from fedbench.data import FederatedData
 from fedbench.data import partition as part
+from fedbench.data.client_split import check_fraction
 from fedbench.errors import ConfigError
 from fedbench.models.pretrained import minilm_path
 from fedbench.registry import register
@@ -360,6 +361,8 @@ class TextClassification(DataConfig):
     shards_per_client: int = 2  # shards: classes per client
     min_size: int = 8  # samples every client gets at least
     partition_seed: Optional[int] = None  # noqa: UP045 - null = the run's seed
+    # Share of each client's articles held out as its own test set (0 = no per-client evaluation).
+    client_test_fraction: float = 0.0
 
     token_ids = True  # what the model's forward receives (a class attribute, not a setting)
 
@@ -386,6 +389,7 @@ class TextClassification(DataConfig):
         part.check_params(
             self.partition, self.alpha, self.shards_per_client, self.min_size, num_classes=self.num_classes
         )
+        check_fraction(self.client_test_fraction)
 
     @property
     def source(self) -> Source:

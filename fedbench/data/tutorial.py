@@ -15,6 +15,7 @@ import torch
 
 from fedbench.contracts import DataConfig
 from fedbench.data import FederatedData
+from fedbench.data.client_split import check_fraction
 from fedbench.errors import ConfigError
 from fedbench.registry import register
 
@@ -27,8 +28,11 @@ class TutorialData(DataConfig):
     samples_per_client: int = 500
     test_size: int = 500
     signal: float = 1.0
+    # Share of each client's samples held out as its own test set (0 = no per-client evaluation).
+    client_test_fraction: float = 0.0
 
     def __post_init__(self) -> None:
+        check_fraction(self.client_test_fraction)
         for key in ("dim", "samples_per_client", "test_size"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"data.{key}", "must be an integer >= 1", getattr(self, key))

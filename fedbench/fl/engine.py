@@ -9,6 +9,13 @@ state is evaluated and one metrics row is returned.
 Everything that decides later rounds (global payload, strategy and codec state, every RNG) is
 in :meth:`Engine.state_dict`, so a run resumed from a checkpoint continues bit for bit.
 
+Randomness follows ``rng`` (:mod:`fedbench.rng`): under ``tutorial`` selection, dropout and
+shuffles draw from the seed script's coupled streams in its order; under ``paired`` each draw
+comes from its own stream keyed by (round, client, epoch), so a round's selection and batches do
+not depend on anything that happened before it. ``fl.eval_every`` evaluates every N rounds (and
+the last); with per-client splits (``data.client_test_fraction``) every evaluation also scores
+each client's split (:mod:`fedbench.fl.client_eval`).
+
 The engine calls its components only through :mod:`fedbench.contracts`. A method may change
 how its state is sent and aggregated (e.g. exact LoRA aggregation merges the clients' mean
 update into the base weights): when ``method.server_protocol(model, state)`` returns a
@@ -19,6 +26,7 @@ update into the base weights): when ``method.server_protocol(model, state)`` ret
 
 from __future__ import annotations
 
+import functools
 import logging
 import random
 import time
@@ -33,12 +41,14 @@ from fedbench.config import FLConfig
 from fedbench.contracts import Codec, Method, Stateful, Strategy
 from fedbench.data import FederatedData
 from fedbench.errors import ConfigError
+from fedbench.fl.client_eval import ClientEvaluator, empty_summary
 from fedbench.fl.comm import message_bytes
 from fedbench.fl.faults import FaultPlan
-from fedbench.fl.local import evaluate, train_client
+from fedbench.fl.local import evaluate, shuffled_order, train_client
 from fedbench.fl.mlp_step import fast_step
 from fedbench.fl.optim import FlatAdamW
 from fedbench.fl.state import FlatParams, Payload
+from fedbench.rng import Streams
 
 log = logging.getLogger("fedbench")
 
@@ -77,6 +87,8 @@ class Engine:
     faults: FaultPlan = field(default_factory=FaultPlan)
     # Progress within a round: on_client(round, clients done, clients selected); not checkpointed.
     on_client: Callable[[int, int, int], None] | None = None
+    # The run's random streams (rng=tutorial|paired, and its seed).
+    streams: Streams = field(default_factory=lambda: Streams("tutorial", 0))
 
     def __post_init__(self) -> None:
         if self.codec_down.delta:
@@ -98,18 +110,51 @@ class Engine:
         self.sizes = np.array(self.data.client_sizes(), dtype=np.float64)
         # A hand-written training step, bit-identical to autograd, where one covers the model.
         self.step = fast_step(self.model, self.state) if self.fl.fast_step else None
+        splits = getattr(self.data, "client_tests", None)
+        self.client_eval = ClientEvaluator(splits, self.fl.eval_batch_size) if splits else None
 
-    # -- one round -----------------------------------------------------------------------
-    def select_clients(self) -> list[int]:
+    # -- randomness (fedbench.rng) ----------------------------------------------------------
+    def select_clients(self, rnd: int | None = None) -> list[int]:
+        """Round ``rnd``'s clients (default: the next round)."""
+        rnd = self.round + 1 if rnd is None else rnd
         n, k = self.fl.num_clients, self.fl.clients_per_round
+        sampler = (
+            self.streams.numpy("select", self.fl.sampling_seed, rnd) if self.streams.paired else self.sampler
+        )
         if self.fl.sampling == "weighted":
-            chosen = self.sampler.choice(n, k, replace=False, p=self.sizes / self.sizes.sum())
+            chosen = sampler.choice(n, k, replace=False, p=self.sizes / self.sizes.sum())
         else:
-            chosen = self.sampler.choice(n, k, replace=False)
+            chosen = sampler.choice(n, k, replace=False)
         return [int(c) for c in chosen]
 
+    def dropped(self, rnd: int, selected: list[int]) -> list[bool] | None:
+        """Which selected clients' updates never arrive (None: no client dropout)."""
+        if self.fl.dropout <= 0:
+            return None
+        if self.streams.paired:
+            return [bool(self.streams.numpy("dropout", rnd, c).random() < self.fl.dropout) for c in selected]
+        return list(self.dropout_rng.random_sample(len(selected)) < self.fl.dropout)
+
+    def shuffle(self, rnd: int, client: int, n: int, epoch: int) -> torch.Tensor:
+        """The order in which ``client`` visits its ``n`` samples in ``epoch`` of round ``rnd``."""
+        if self.streams.paired:
+            return torch.randperm(n, generator=self.streams.torch("shuffle", rnd, client, epoch))
+        return shuffled_order(n)  # the tutorial's DataLoader draws, in training order
+
+    def shuffles(self, rnd: int, selected: list[int], sizes: list[int]) -> list[list[torch.Tensor]]:
+        """Every selected client's orders for every epoch, in the exact engine's draw order."""
+        return [
+            [self.shuffle(rnd, c, n, e) for e in range(self.fl.local_epochs)] for c, n in zip(selected, sizes)
+        ]
+
+    def evaluates(self, rnd: int) -> bool:
+        """Whether round ``rnd`` ends with an evaluation (every ``fl.eval_every`` and the last)."""
+        return rnd % self.fl.eval_every == 0 or rnd == self.fl.num_rounds
+
+    # -- one round -----------------------------------------------------------------------
+
     def train_clients(
-        self, selected: list[int], start: Payload, mu: float
+        self, selected: list[int], start: Payload, mu: float, rnd: int
     ) -> Iterator[tuple[int, int, int, Payload, float]]:
         """Train each selected client from ``start``, one after another: yields (position in
         ``selected``, client id, samples, trained payload, mean batch loss) per client, in order.
@@ -121,6 +166,7 @@ class Engine:
             if mu > 0 and start_flat is None:
                 start_flat = self.state.flat.clone()
             self.opt.reset()
+            self.streams.seed_global("train", rnd, cid)  # e.g. dropout layers (paired only)
             loss = train_client(
                 self.model,
                 self.state,
@@ -131,18 +177,17 @@ class Engine:
                 self.fl.batch_size,
                 self.step,
                 prox=(mu, start_flat) if mu > 0 else None,
+                order=functools.partial(self.shuffle, rnd, cid, len(y)),
             )
             yield i, cid, len(y), self.state.snapshot(), loss
 
     def run_round(self) -> dict:
         t0 = time.perf_counter()
         rnd = self.round + 1
-        selected = self.select_clients()
+        selected = self.select_clients(rnd)
         if self.on_client is not None:
             self.on_client(rnd, 0, len(selected))
-        drops = (
-            self.dropout_rng.random_sample(len(selected)) < self.fl.dropout if self.fl.dropout > 0 else None
-        )
+        drops = self.dropped(rnd, selected)
         if self.protocol is None:
             down_message = self.codec_down.encode(self.global_payload, key="server")
             bytes_down = message_bytes(down_message) * len(selected)
@@ -153,7 +198,7 @@ class Engine:
 
         updates: list[tuple[int, Payload]] = []
         bytes_up, loss_sum, sample_sum, reported, rejected, nonfinite = 0, 0.0, 0, 0, 0, 0
-        for i, cid, n, payload, loss in self.train_clients(selected, start, mu):
+        for i, cid, n, payload, loss in self.train_clients(selected, start, mu, rnd):
             if self.on_client is not None:  # a dropped client trained too
                 self.on_client(rnd, i + 1, len(selected))
             if drops is not None and drops[i]:
@@ -189,13 +234,24 @@ class Engine:
             self.global_payload = self.strategy.aggregate(self.global_payload, updates)
         # (with nothing usable arriving, the global model stays as it was)
         self.state.load(self.global_payload)
-        accuracy, test_loss = evaluate(self.model, *self.data.test, batch_size=self.fl.eval_batch_size)
+        accuracy = test_loss = float("nan")
+        clients_summary, per_client = empty_summary(), []
+        if self.evaluates(rnd):
+            accuracy, test_loss = evaluate(
+                self.model,
+                *self.data.test,
+                batch_size=self.fl.eval_batch_size,
+                draw_loader_seed=not self.streams.paired,
+            )
+            if self.client_eval is not None:
+                clients_summary, per_client = self.client_eval(self.model)
         self.round = rnd
         return {
             "round": rnd,
             "accuracy": accuracy,
             "test_loss": test_loss,
             "train_loss": loss_sum / sample_sum if sample_sum else float("nan"),
+            **clients_summary,
             "bytes_up": bytes_up,
             "bytes_down": bytes_down,
             "clients": len(selected),
@@ -205,13 +261,14 @@ class Engine:
             "trainable_params": self.state.numel,
             "wall_s": time.perf_counter() - t0,
             "_all_nonfinite": all_nonfinite,
+            "_clients": [{"round": rnd, **c} for c in per_client],
         }
 
     def diverged(self, row: dict) -> bool:
         """The global model is unusable: non-finite weights or test loss, or every update was."""
         return (
             row["_all_nonfinite"]
-            or not np.isfinite(row["test_loss"])
+            or (self.evaluates(row["round"]) and not np.isfinite(row["test_loss"]))
             or not bool(torch.isfinite(self.state.flat).all())
             or (self.protocol is not None and not self.protocol.finite())
         )

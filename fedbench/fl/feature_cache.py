@@ -153,7 +153,15 @@ def cache_features(
     clients = CachedClients(model, data.clients, chunk, max_clients)
     x_test, y_test = data.test
     test = (backbone_features(model, x_test, chunk), y_test)
+    client_tests = None
+    if data.client_tests is not None:  # each client's held-out split, as features (once)
+        client_tests = [(backbone_features(model, x, chunk), y) for x, y in data.client_tests]
     cached = CachedData(
-        clients=clients, test=test, num_classes=data.num_classes, partition=data.partition, source=data
+        clients=clients,
+        test=test,
+        num_classes=data.num_classes,
+        partition=data.partition,
+        client_tests=client_tests,
+        source=data,
     )
     return HeadModel(model.get_submodule(head_name), head_name), cached

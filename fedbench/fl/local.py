@@ -42,26 +42,29 @@ def train_client(
     batch_size: int,
     step: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
     prox: tuple[float, torch.Tensor] | None = None,
+    order: Callable[[int], torch.Tensor] | None = None,
 ) -> float:
     """Train the live parameters in place; returns the mean batch loss.
 
     ``step(xb, yb)``, when given, computes the loss and writes the gradients into
     ``state.grad`` itself (a model's hand-written step); otherwise autograd does.
     ``prox=(mu, w0)`` adds FedProx's proximal term mu/2 ||w - w0||^2 (its gradient
-    mu (w - w0)) to the local objective.
+    mu (w - w0)) to the local objective. ``order(epoch)`` gives each epoch's sample order
+    (default: the tutorial's DataLoader draws, :func:`shuffled_order`).
     """
     model.train()
+    order = order or (lambda epoch: shuffled_order(len(y)))
     if step is not None:
         with torch.no_grad():
-            return _train_loop(model, state, opt, x, y, epochs, batch_size, step, prox)
-    return _train_loop(model, state, opt, x, y, epochs, batch_size, None, prox)
+            return _train_loop(model, state, opt, x, y, epochs, batch_size, step, prox, order)
+    return _train_loop(model, state, opt, x, y, epochs, batch_size, None, prox, order)
 
 
-def _train_loop(model, state, opt, x, y, epochs, batch_size, step, prox) -> float:
+def _train_loop(model, state, opt, x, y, epochs, batch_size, step, prox, epoch_order) -> float:
     n = len(y)
     total, batches = 0.0, 0
-    for _ in range(epochs):
-        order = shuffled_order(n)
+    for epoch in range(epochs):
+        order = epoch_order(epoch)
         # One gather per epoch; each batch is then a contiguous row slice (the same values, and
         # the same row-major layout, as gathering the batch on its own).
         xs, ys = x.index_select(0, order), y.index_select(0, order)
@@ -83,13 +86,17 @@ def _train_loop(model, state, opt, x, y, epochs, batch_size, step, prox) -> floa
 
 
 @torch.inference_mode()
-def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 64) -> tuple[float, float]:
+def evaluate(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 64, draw_loader_seed: bool = True
+) -> tuple[float, float]:
     """(accuracy, mean cross-entropy) on a test set.
 
     Batched like the tutorial's evaluation DataLoader (64 rows), since a matmul's blocking, and
-    so its last bits, can depend on the number of rows.
+    so its last bits, can depend on the number of rows. ``draw_loader_seed``: make the draw the
+    tutorial's (unshuffled) evaluation DataLoader makes from torch's global RNG (rng=tutorial).
     """
-    consume_loader_seed()  # the tutorial evaluates through an (unshuffled) DataLoader
+    if draw_loader_seed:
+        consume_loader_seed()
     model.eval()
     logits = torch.cat([model(x[i : i + batch_size]) for i in range(0, len(y), batch_size)])
     correct = (logits.argmax(dim=1) == y).sum().item()

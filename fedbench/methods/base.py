@@ -11,6 +11,7 @@ from typing import ClassVar
 
 from torch import nn
 
+from fedbench import rng
 from fedbench.contracts import Method
 from fedbench.errors import ConfigError
 
@@ -52,12 +53,14 @@ def linear_names(model: nn.Module) -> list[str]:
 
 
 def wrap_modules(model: nn.Module, names: list[str], wrap) -> None:
-    """Replace each named module by ``wrap(module)``, the module's own weights frozen."""
+    """Replace each named module by ``wrap(module)``, the module's own weights frozen. Under
+    ``rng=paired`` each new module initialises from its own stream, keyed by ``name``."""
     for name in names:
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
         base = getattr(parent, child)
         base.requires_grad_(False)
+        rng.module_init(name)
         setattr(parent, child, wrap(base))
 
 

@@ -24,6 +24,7 @@ from typing import ClassVar
 import torch
 from torch import nn
 
+from fedbench import rng
 from fedbench.errors import ConfigError
 from fedbench.methods.base import VirtualTokenMethod, is_head, require_architecture
 from fedbench.registry import choice, register
@@ -82,6 +83,7 @@ class PrefixTuning(VirtualTokenMethod):
                 )
 
     def inject(self, model: nn.Module) -> None:
+        rng.module_init("prefix")
         L, H, P = model.num_layers, model.num_heads, self.num_virtual_tokens
         d = model.hidden_size // H
         if self.init == "normal":

@@ -18,6 +18,7 @@ from typing import ClassVar
 import torch
 from torch import nn
 
+from fedbench import rng
 from fedbench.errors import ConfigError
 from fedbench.methods.base import VirtualTokenMethod, is_head, require_architecture
 from fedbench.registry import register
@@ -57,6 +58,7 @@ class PromptTuning(VirtualTokenMethod):
             )
 
     def inject(self, model: nn.Module) -> None:
+        rng.module_init("prompt")
         emb = model.word_embeddings().weight
         if self.init == "vocab":
             low = 1000 if emb.shape[0] > 2000 else 0

@@ -1,9 +1,11 @@
-"""``fedbench-report PATH... [--out DIR] [--target-accuracy X]``: arguments, the run, the files.
+"""``fedbench-report PATH... [--out DIR] [--target-accuracy X] [--baseline KEY=VALUE ...]``.
 
-PATH is run or multirun folders (searched recursively), or one ``runs.parquet`` that an earlier
-report saved (to redraw a committed report without its run folders). Every output file is built
-in a temporary sibling folder and moved into ``--out`` only when all of them succeeded, so a
-failure never leaves a half-written report.
+Arguments, the run, the files. PATH is run or multirun folders (searched recursively), or one
+``runs.parquet`` that an earlier report saved (to redraw a committed report without its run
+folders). Every input is checked before anything is written (a ``--baseline`` that matches no
+configuration or several is refused like a bad path: one line, exit 2, no files). Every output
+file is built in a temporary sibling folder and moved into ``--out`` only when all of them
+succeeded, so a failure never leaves a half-written report.
 """
 
 from __future__ import annotations
@@ -22,12 +24,19 @@ import fedbench.report.figures as _figures
 from fedbench.report.discovery import collect_runs
 from fedbench.report.errors import PROG, ReportError, info
 from fedbench.report.markdown import summary_markdown
+from fedbench.report.paired import paired_differences, parse_pair, select_configuration
 from fedbench.report.statistics import DEFAULT_TARGET_FRACTION, build_summary
 from fedbench.report.tables import build_runs_table, is_saved_table, load_table
 
 
 def write_outputs(
-    out: Path, df: pd.DataFrame, summary: pd.DataFrame, md: str, target: float, figures: bool
+    out: Path,
+    df: pd.DataFrame,
+    summary: pd.DataFrame,
+    md: str,
+    target: float,
+    figures: bool,
+    paired: pd.DataFrame | None = None,
 ) -> list[Path]:
     """Build every file in a temporary sibling folder, then move them into ``out``."""
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -36,6 +45,8 @@ def write_outputs(
         df.to_parquet(tmp / "runs.parquet", index=False)
         df.to_csv(tmp / "runs.csv", index=False)
         summary.to_csv(tmp / "summary.csv", index=False)
+        if paired is not None:
+            paired.to_csv(tmp / "paired.csv", index=False)
         (tmp / "summary.md").write_text(md)
         if figures:
             _figures.make_figures(df, summary, target, tmp)  # looked up here: tests replace it
@@ -64,6 +75,13 @@ def _fraction(text: str) -> float:
     return v
 
 
+def _pair(text: str) -> tuple[str, str]:
+    try:
+        return parse_pair(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def parser() -> argparse.ArgumentParser:
     p = _Parser(prog=PROG, description="Tables and figures from fedbench run or multirun folders.")
     p.add_argument(
@@ -89,6 +107,15 @@ def parser() -> argparse.ArgumentParser:
         help=f"default target = F x best mean final accuracy (default {DEFAULT_TARGET_FRACTION})",
     )
     p.add_argument("--no-figures", action="store_true", help="tables only")
+    p.add_argument(
+        "--baseline",
+        nargs="+",
+        type=_pair,
+        metavar="KEY=VALUE",
+        help="the configuration to compare every other one with, seed by seed (paired.csv and a "
+        "section of summary.md), selected by its identity columns: e.g. arm=full, "
+        "method=lora rank=4",
+    )
     return p
 
 
@@ -98,8 +125,17 @@ def report(
     target_accuracy: float | None = None,
     target_fraction: float = DEFAULT_TARGET_FRACTION,
     figures: bool = True,
+    baseline: list[tuple[str, str]] | list[str] | None = None,
 ) -> dict:
-    """Run the report; returns what it did (also used by tests and the notebook)."""
+    """Run the report; returns what it did (also used by tests and the notebook).
+
+    ``baseline``: ``(key, value)`` pairs (or ``"key=value"`` strings) selecting the configuration
+    the others are compared with, seed by seed; checked before anything is written.
+    """
+    try:
+        pairs = [parse_pair(b) if isinstance(b, str) else tuple(b) for b in baseline or []]
+    except ValueError as exc:
+        raise ReportError(f"argument --baseline: {exc}") from None
     tables = [p for p in paths if is_saved_table(p)]
     if tables:
         if len(paths) > 1:
@@ -112,10 +148,16 @@ def report(
         runs, skipped, dropped = collect_runs(paths)
         df, table, n_runs = build_runs_table(runs), None, len(runs)
     summary, how = build_summary(df, target_accuracy, target_fraction)
+    paired = None
+    if pairs:  # before any file is written: a bad selection leaves nothing behind
+        base = select_configuration(summary, pairs)
+        paired = paired_differences(df, summary, base, how["target"])
     fig_names = list(_figures.FIGURES) if figures else []
-    md = summary_markdown(summary, how, n_runs, len(skipped), len(dropped), fig_names, table=table)
+    md = summary_markdown(
+        summary, how, n_runs, len(skipped), len(dropped), fig_names, table=table, paired=paired
+    )
     out = Path(out)
-    written = write_outputs(out, df, summary, md, how["target"], figures)
+    written = write_outputs(out, df, summary, md, how["target"], figures, paired)
     info(
         f"{n_runs} run(s), {len(summary)} configuration(s), {len(df)} rows; "
         f"target accuracy {how['target']:.4f}; wrote {len(written)} files to {out}"
@@ -124,6 +166,7 @@ def report(
         "runs": df,
         "summary": summary,
         "target": how,
+        "paired": paired,
         "skipped": skipped,
         "dropped": dropped,
         "written": written,
@@ -133,7 +176,14 @@ def report(
 def main(argv: list[str] | None = None) -> int:
     try:
         args = parser().parse_args(argv)
-        report(args.paths, args.out, args.target_accuracy, args.target_fraction, not args.no_figures)
+        report(
+            args.paths,
+            args.out,
+            args.target_accuracy,
+            args.target_fraction,
+            not args.no_figures,
+            baseline=args.baseline,
+        )
     except ReportError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return exc.code

@@ -45,15 +45,17 @@ class VectorizedEngine(Engine):
         return self._stacked
 
     def train_selected(
-        self, clients: list[tuple[torch.Tensor, torch.Tensor]], start_flat: torch.Tensor, mu: float = 0.0
+        self,
+        clients: list[tuple[torch.Tensor, torch.Tensor]],
+        orders: list[list[torch.Tensor]],
+        start_flat: torch.Tensor,
+        mu: float = 0.0,
     ) -> tuple[list[torch.Tensor], list[float]]:
-        """Train the clients from ``start_flat``: (their final flat states, their mean batch losses),
-        in the given order."""
+        """Train the clients from ``start_flat`` with their sample orders (``orders[k][epoch]``):
+        (their final flat states, their mean batch losses), in the given order."""
         fl = self.fl
         mlp = self._mlp_step
-        plan = RoundPlan(
-            clients, fl.local_epochs, fl.batch_size, mlp.num_classes if mlp is not None else None
-        )
+        plan = RoundPlan(clients, orders, fl.batch_size, mlp.num_classes if mlp is not None else None)
         K, T = len(clients), len(plan.batches)
         st = self._stack(K)
         st.load(start_flat)
@@ -85,12 +87,16 @@ class VectorizedEngine(Engine):
             out_losses[k] = means[j]
         return finals, out_losses
 
-    def train_clients(self, selected: list[int], start: Payload, mu: float):
+    def train_clients(self, selected: list[int], start: Payload, mu: float, rnd: int):
         """All selected clients at once (see :meth:`train_selected`); yields what
-        :meth:`Engine.train_clients` yields."""
+        :meth:`Engine.train_clients` yields. Draws a model makes while training (dropout layers)
+        come from one stream per round here (per client in the exact engine), so with active
+        dropout the two engines differ."""
         self.state.load(start)
         start_flat = self.state.flat.clone()
         clients = [self.data.clients[cid] for cid in selected]
-        finals, losses = self.train_selected(clients, start_flat, mu)
+        orders = self.shuffles(rnd, selected, [len(y) for _, y in clients])
+        self.streams.seed_global("train", rnd)
+        finals, losses = self.train_selected(clients, orders, start_flat, mu)
         for i, cid in enumerate(selected):
             yield i, cid, len(clients[i][1]), self.state.views(finals[i]), losses[i]

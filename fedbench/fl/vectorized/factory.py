@@ -12,6 +12,7 @@ from fedbench.fl.faults import FaultPlan
 from fedbench.fl.feature_cache import cache_features, why_not_cacheable
 from fedbench.fl.state import FlatParams
 from fedbench.fl.vectorized.engine import VectorizedEngine
+from fedbench.rng import Streams
 
 log = logging.getLogger("fedbench")
 
@@ -44,4 +45,5 @@ def make_engine(spec, model: nn.Module, state: FlatParams, data, faults=None) ->
         codec_down=spec.compression_down,
         faults=faults if faults is not None else FaultPlan.from_config(fl.faults),
         method=spec.method,
+        streams=Streams(spec.rng, spec.seed),
     )

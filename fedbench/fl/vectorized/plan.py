@@ -1,8 +1,8 @@
 """The round's batches for the vectorised engine: every local step of every selected client,
 gathered up front.
 
-Each client's batches are the exact engine's batches: the shuffle seeds are drawn from torch's
-global RNG in the same order (client by client, epoch by epoch). Clients of unequal size are
+Each client's batches are the exact engine's batches: the engine hands over the same shuffles
+(:meth:`~fedbench.fl.engine.Engine.shuffles`, drawn client by client, epoch by epoch). Clients of unequal size are
 handled by ordering them by number of local steps: at every step the clients still training are
 a prefix of the stack, and rows past a client's last batch of an epoch are padding with zero
 loss weight.
@@ -14,8 +14,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-
-from fedbench.fl.local import shuffled_order
 
 
 @dataclass
@@ -34,20 +32,21 @@ class StepBatch:
 class RoundPlan:
     """Every local step of the round's clients, gathered up front.
 
-    ``clients`` are ``(x, y)`` of the selected clients in selection order. The shuffles are drawn
-    here, in the exact engine's order, so this must be built exactly when the exact engine would
-    train (after the downlink, before evaluation).
+    ``clients`` are ``(x, y)`` of the selected clients in selection order, ``orders[k][e]`` client
+    k's sample order in epoch e (under rng=tutorial they are drawn from torch's global RNG, so
+    they must be drawn exactly when the exact engine would train: after the downlink, before
+    evaluation).
     """
 
     def __init__(
         self,
         clients: list[tuple[torch.Tensor, torch.Tensor]],
-        epochs: int,
+        orders: list[list[torch.Tensor]],
         batch_size: int,
         num_classes: int | None = None,
     ) -> None:
         sizes = [len(y) for _, y in clients]
-        orders = [[shuffled_order(n) for _ in range(epochs)] for n in sizes]  # the exact engine's draws
+        epochs = len(orders[0])
         per_epoch = [-(-n // batch_size) for n in sizes]
         steps = [e * epochs for e in per_epoch]
         # Longest first (stable): the clients still training at any step are a prefix.
