@@ -16,6 +16,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -51,6 +52,10 @@ COLUMNS = [
     "elapsed_s",
     "selected",
 ]
+# The per-client evaluation columns (fedbench.fl.client_eval): a row of a run without per-client
+# splits lacks them and they are recorded as NaN.
+CLIENT_COLUMNS = ("client_acc_mean", "client_acc_std", "client_acc_p10", "client_acc_min")
+OPTIONAL_COLUMNS = frozenset(CLIENT_COLUMNS)
 INT_COLUMNS = {
     "round",
     "bytes_up",
@@ -168,7 +173,7 @@ class MetricsWriter:
         row["cum_bytes_down"] = prev["cum_bytes_down"] + row["bytes_down"]
         row["cum_bytes"] = row["cum_bytes_up"] + row["cum_bytes_down"]
         row["elapsed_s"] = prev["elapsed_s"] + row["wall_s"]
-        row = {k: row[k] for k in COLUMNS}
+        row = {k: row[k] if k in row or k not in OPTIONAL_COLUMNS else math.nan for k in COLUMNS}
         self.rows.append(row)
         if self.out_dir is not None:
             new = not self.csv_path.exists()

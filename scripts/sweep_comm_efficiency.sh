@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The communication-efficiency sweep (conf/experiment/comm_efficiency.yaml: full, head_only and
-# LoRA ranks 1/4/16/64 x 3 seeds = 18 runs) and its report, as committed under docs/.
+# LoRA ranks 1/4/16/64 x 5 seeds = 30 runs) and its report, each arm compared with full
+# fine-tuning seed by seed (--baseline arm=full), as committed under docs/.
 #
-#   scripts/sweep_comm_efficiency.sh                 # sweep + report (~5 min on 2 cores, joblib)
+#   scripts/sweep_comm_efficiency.sh                 # sweep + report (~8-10 min on 2 cores, joblib)
 #   scripts/sweep_comm_efficiency.sh resume=false    # recompute every run (extra args -> fedbench)
 #   SWEEP_DIR=/scratch/ce OUT=/tmp/ce LAUNCHER=submitit_slurm_fedbench scripts/sweep_comm_efficiency.sh
 #
@@ -24,5 +25,5 @@ if grep -Eq '^\s*-\s*(optional\s+)?experiment\s*:' conf/config.yaml; then EXP=ex
 
 echo "+ $BIN/fedbench -m $EXP=comm_efficiency hydra/launcher=$LAUNCHER hydra.sweep.dir=$SWEEP_DIR $*"
 "$BIN/fedbench" -m "$EXP=comm_efficiency" "hydra/launcher=$LAUNCHER" "hydra.sweep.dir=$SWEEP_DIR" "$@"
-"$BIN/python" -m fedbench.report "$SWEEP_DIR" --out "$OUT"
+"$BIN/python" -m fedbench.report "$SWEEP_DIR" --out "$OUT" --baseline arm=full
 echo "report: $OUT/summary.md"

@@ -181,10 +181,11 @@ def test_tutorial_166_pins_the_seed_thread_count_under_a_parallel_launcher(tmp_p
     # (without the experiment the same launcher gives 1: test_joblib_sweep_runs_jobs_with_one_thread_each)
 
 
-def test_tutorial_166_is_the_default_run_with_two_threads():
+def test_tutorial_166_is_the_default_run_with_two_threads_and_the_tutorial_stream():
     base = OmegaConf.to_container(compose_cfg([]), resolve=True)
     exp = OmegaConf.to_container(compose_cfg([experiment("tutorial_166")]), resolve=True)
     assert exp.pop("threads") == 2 and base.pop("threads") is None
+    assert exp.pop("rng") == "tutorial" and base.pop("rng") == "paired"
     assert exp == base
 
 

@@ -245,7 +245,12 @@ def _minilm_bbc_jobs():
     from omegaconf import OmegaConf
 
     params = OmegaConf.load(CONF / "experiment" / "minilm_bbc.yaml").hydra.sweeper.params
-    return [(a, p) for a in str(params.arm).split(",") for p in str(params["data.partition"]).split(",")]
+    return [
+        (a, p, int(s))
+        for a in str(params.arm).split(",")
+        for p in str(params["data.partition"]).split(",")
+        for s in str(params.seed).split(",")
+    ]
 
 
 EXPECTED_ARMS = {  # arm -> (method class, learning rate)
@@ -263,13 +268,17 @@ EXPECTED_ARMS = {  # arm -> (method class, learning rate)
 def test_minilm_bbc_sweep_jobs_are_all_valid():
     """The sweep is methods x partitions on the real model, and the fedbench precheck would pass."""
     jobs = _minilm_bbc_jobs()
-    assert len(jobs) == 16 and {p for _, p in jobs} == {"iid", "dirichlet"}
-    for arm, p in jobs:
-        spec = validate(compose_cfg(["experiment=minilm_bbc", f"arm={arm}", f"data.partition={p}"]))
+    assert len(jobs) == 48 and {p for _, p, _ in jobs} == {"iid", "dirichlet"}
+    assert {s for *_, s in jobs} == {0, 1, 2}
+    for arm, p, seed in jobs:
+        spec = validate(
+            compose_cfg(["experiment=minilm_bbc", f"arm={arm}", f"data.partition={p}", f"seed={seed}"])
+        )
         method, lr = EXPECTED_ARMS[arm]
         assert type(spec.method).__name__ == method and spec.fl.lr == lr
         assert type(spec.model).__name__ == "HFEncoder" and spec.data.dataset == "bbc"
-        assert spec.data.partition == p and spec.threads == 2
+        assert spec.data.partition == p and spec.threads == 2 and spec.seed == seed
+        assert spec.rng == "paired" and spec.data.client_test_fraction == 0.2
     # the centralised reference: one client with all the training data, same everything else
     central = validate(compose_cfg(["experiment=minilm_bbc", "fl.num_clients=1", "fl.clients_per_round=1"]))
     assert central.data.train_size == 200 and central.fl.num_rounds == 6
@@ -285,6 +294,7 @@ def test_minilm_bbc_sweep_runs_shrunk(tmp_path):
             "experiment=minilm_bbc",
             "model=tiny_bert",
             "arm=bert_lora,bert_prefix_tuning",
+            "seed=0",
             "fl.num_rounds=1",
             "data.train_size=60",
             "data.test_size=20",

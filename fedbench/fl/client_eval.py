@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-CLIENT_COLUMNS = ("client_acc_mean", "client_acc_std", "client_acc_p10", "client_acc_min")
+from fedbench.results import CLIENT_COLUMNS
 
 
 class ClientEvaluator:

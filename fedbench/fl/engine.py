@@ -235,7 +235,9 @@ class Engine:
         # (with nothing usable arriving, the global model stays as it was)
         self.state.load(self.global_payload)
         accuracy = test_loss = float("nan")
-        clients_summary, per_client = empty_summary(), []
+        # no per-client splits: no client_acc_* keys (the metrics writer records them as NaN)
+        clients_summary = empty_summary() if self.client_eval is not None else {}
+        per_client = []
         if self.evaluates(rnd):
             accuracy, test_loss = evaluate(
                 self.model,

@@ -10,7 +10,8 @@ Every figure encodes configurations the same way, so they can be read side by si
   a panel's title names its facet value, so the legend never repeats it.
 
 Inputs are the report's tables: ``runs`` (one row per run per round) and ``summary`` (one row
-per configuration, in display order). Lines are the mean over seeds with a min-max band.
+per configuration, in display order). Lines are the mean over seeds with a band of its 95%
+bootstrap confidence interval (:func:`fedbench.report.statistics.bootstrap_ci`).
 """
 
 from __future__ import annotations
@@ -215,7 +216,7 @@ def plan(summary: pd.DataFrame) -> Layout:
 def _seeds_note(summary: pd.DataFrame) -> str:
     n = sorted({int(v) for v in summary["n_seeds"]})
     seeds = f"{n[0]} seed{'s' if n[0] != 1 else ''}" if len(n) == 1 else f"{n[0]}-{n[-1]} seeds"
-    return f"mean over {seeds}" + ("; band = min-max over seeds" if max(n) > 1 else "")
+    return f"mean over {seeds}" + ("; band = 95% CI of the mean" if max(n) > 1 else "")
 
 
 def _mb(v: float) -> str:
@@ -324,7 +325,7 @@ def figure_accuracy(runs, summary, layout: Layout, target, x: str) -> Figure:
             )
             if (cc["acc_count"] > 1).any():
                 ax.fill_between(
-                    xs, cc["acc_min"], cc["acc_max"], color=st.color, alpha=0.12, linewidth=0, zorder=2
+                    xs, cc["acc_ci_low"], cc["acc_ci_high"], color=st.color, alpha=0.15, linewidth=0, zorder=2
                 )
         drew_target |= _target(ax, target)
         if title:

@@ -126,7 +126,8 @@ def _paired_cell(p: pd.Series) -> str:
         "rounds_to_target": _fmt_rounds,
     }[p["metric"]]
     text = _ci(p["mean_diff"], p["ci_low"], p["ci_high"], n, _signed(fmt))
-    return text + (" **≠0**" if p["excludes_zero"] is True else "")
+    excludes = p["excludes_zero"]  # nullable boolean: NA where there is no interval
+    return text + (" **≠0**" if not _missing(excludes) and bool(excludes) else "")
 
 
 def _paired_section(paired: pd.DataFrame, baseline: str) -> list[str]:

@@ -44,8 +44,6 @@ CI_DESCRIPTION = (
     f"{CONFIDENCE:.0%} percentile bootstrap of the mean over seeds "
     f"(scipy.stats.bootstrap, {N_RESAMPLES} resamples, random_state {RANDOM_STATE})"
 )
-# Per-client evaluation of the global model (present in runs made with it; NaN where not evaluated).
-CLIENT_COLUMNS = ("client_acc_mean", "client_acc_std", "client_acc_p10", "client_acc_min")
 # Per-seed metrics that get a confidence interval: summary prefix -> per_run column.
 CI_METRICS = {
     "final_acc": "final_acc",
