@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# MiniLM on BBC News (conf/experiment/minilm_bbc.yaml): 8 methods x {iid, dirichlet(0.5)} over
-# 5 clients, then the centralised reference (one client holding the same 200 articles: same
-# data, same number of gradient computations, no federation) for every method, then the report.
+# MiniLM on BBC News (conf/experiment/minilm_bbc.yaml): 8 methods x {iid, dirichlet(0.5)} x 3
+# seeds over 5 clients, then the centralised reference (one client holding the same 200 articles:
+# same data, same number of gradient computations, no federation) for every method and seed,
+# then the report, and per partition the paired differences of every method to full fine-tuning
+# ($OUT/paired_iid/, $OUT/paired_dirichlet/).
 #
-#   scripts/sweep_minilm_bbc.sh                    # everything (14 min measured on 2 idle cores)
-#   SKIP_CENTRAL=1 scripts/sweep_minilm_bbc.sh     # only the 16 federated runs
+#   scripts/sweep_minilm_bbc.sh                    # everything (see docs/minilm_bbc/README.md)
+#   SKIP_CENTRAL=1 scripts/sweep_minilm_bbc.sh     # only the 48 federated runs
 #   scripts/sweep_minilm_bbc.sh resume=false       # recompute (extra args go to both fedbench calls)
 #
 # Runs go one after another with 2 torch threads each (the experiment pins threads=2). The sweep
@@ -25,5 +27,9 @@ if [ -z "${SKIP_CENTRAL:-}" ]; then
     "hydra.sweep.dir=$SWEEP_DIR/central" "$@"
 fi
 "$BIN/python" -m fedbench.report "$SWEEP_DIR" --out "$OUT" --target-accuracy "$TARGET"
+for p in iid dirichlet; do
+  "$BIN/python" -m fedbench.report "$SWEEP_DIR"/federated/*data.partition=$p* --out "$OUT/paired_$p" \
+    --target-accuracy "$TARGET" --baseline arm=bert_full --no-figures
+done
 set +x
 echo "report: $OUT/summary.md"
