@@ -122,7 +122,7 @@ def _paired_cell(p: pd.Series) -> str:
     fmt = {
         "final_acc": _acc,
         "best_acc": _acc,
-        "mb_to_target": lambda v: f"{v:.3g}",
+        "mb_to_target": _fmt_mb,
         "rounds_to_target": _fmt_rounds,
     }[p["metric"]]
     text = _ci(p["mean_diff"], p["ci_low"], p["ci_high"], n, _signed(fmt))
