@@ -12,7 +12,7 @@ prints the width of the 95% bootstrap interval of its difference to the baseline
 - *paired, rng=tutorial*: seed-by-seed differences under the tutorial's single stream, where
   runs of one seed share only the data and the backbone's initialisation;
 - *shuffled, rng=paired*: the paired sweep's runs matched with the seeds shuffled (the mean
-  width over every other matching of the baseline's seeds to the configuration's), i.e. the
+  width over the other matchings of the baseline's seeds to the configuration's), i.e. the
   same runs without the pairing the seed gives them;
 - *unpaired, rng=paired*: the paired sweep's runs treated as two independent samples
   (each resampled on its own).
@@ -50,12 +50,20 @@ def load(path: str):
     return build_runs_table(runs)
 
 
+SHUFFLES = 500  # random matchings when there are too many to enumerate (more than 7 seeds)
+
+
 def shuffled_width(a, b) -> float:
-    """Mean paired-CI width over every matching of ``b``'s seeds to ``a``'s but the true one."""
+    """Mean paired-CI width over matchings of ``b``'s seeds to ``a``'s other than the true one:
+    every one for up to 7 seeds, else :data:`SHUFFLES` random ones (a fixed generator)."""
+    n = len(b)
+    if n <= 7:
+        perms = [p for p in itertools.permutations(range(n)) if p != tuple(range(n))]
+    else:
+        gen = np.random.default_rng(0)
+        perms = [p for p in (tuple(gen.permutation(n)) for _ in range(SHUFFLES)) if p != tuple(range(n))]
     widths = []
-    for perm in itertools.permutations(range(len(b))):
-        if perm == tuple(range(len(b))):
-            continue
+    for perm in perms:
         lo, hi = bootstrap_ci(a - b[list(perm)])
         widths.append(hi - lo)
     return float(np.mean(widths)) if widths else float("nan")
