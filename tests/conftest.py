@@ -106,6 +106,19 @@ def run_cli(args: list[str], cwd: Path, timeout: float = 300, extra_path=()) -> 
     )
 
 
+def run_report(args: list[str], cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess:
+    """``python -m fedbench.report ARGS`` in a fresh process."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    return subprocess.run(
+        [sys.executable, "-m", "fedbench.report", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
 class StopAfter:
     """An ``on_round`` callback that interrupts a run (as Ctrl-C would) after round ``n``."""
 

@@ -13,7 +13,7 @@ from collections import Counter
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import ROOT, run_cli
+from conftest import ROOT, run_cli, run_report
 from matplotlib.colors import to_hex
 
 import fedbench.report.figures as figures
@@ -262,16 +262,7 @@ def test_duplicates_are_not_double_counted(sweep, tmp_path, capsys):
     assert r["summary"]["mb_total"].tolist() == pytest.approx(single["mb_total"].tolist())
 
 
-def _cli(args, tmp_path):
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    return subprocess.run(
-        [sys.executable, "-m", "fedbench.report", *args],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+_cli = run_report
 
 
 @pytest.mark.parametrize(

@@ -5,14 +5,13 @@ target, paired differences against an unpaired analysis, and ``--baseline`` inpu
 from __future__ import annotations
 
 import math
-import os
 import subprocess
 import sys
 
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import ROOT
+from conftest import ROOT, run_report
 from scipy import stats
 
 from fedbench.report.cli import report
@@ -200,16 +199,7 @@ def test_baseline_selection_errors_name_the_allowed_values():
         parse_pair("full")
 
 
-def _cli(args, cwd):
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    return subprocess.run(
-        [sys.executable, "-m", "fedbench.report", *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+_cli = run_report
 
 
 def test_baseline_on_the_command_line(tmp_path):
@@ -252,35 +242,22 @@ def test_pairing_gain_script(tmp_path):
         }
     )
     coupled.to_parquet(tmp_path / "tutorial.parquet", index=False)
-    res = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "scripts" / "pairing_gain.py"),
-            str(tmp_path / "paired.parquet"),
-            str(tmp_path / "tutorial.parquet"),
-            "--baseline",
-            "arm=full",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+
+    def pairing_gain(*baseline: str) -> subprocess.CompletedProcess:
+        tables = [str(tmp_path / "paired.parquet"), str(tmp_path / "tutorial.parquet")]
+        script = str(ROOT / "scripts" / "pairing_gain.py")
+        return subprocess.run(
+            [sys.executable, script, *tables, "--baseline", *baseline],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
+    res = pairing_gain("arm=full")
     assert res.returncode == 0, res.stderr
     row = next(line for line in res.stdout.splitlines() if line.startswith("| lora |"))
     cells = [c.strip() for c in row.strip("|").split("|")]
     paired_w, tutorial_w, shuffled_w, unpaired_w = map(float, cells[2:6])
     assert paired_w < 0.1 * shuffled_w and paired_w < 0.1 * unpaired_w and paired_w < tutorial_w
-    bad = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "scripts" / "pairing_gain.py"),
-            str(tmp_path / "paired.parquet"),
-            str(tmp_path / "tutorial.parquet"),
-            "--baseline",
-            "arm=nope",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    bad = pairing_gain("arm=nope")
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1 and "arm=nope" in bad.stderr

@@ -69,6 +69,22 @@ def _check(values) -> np.ndarray:
     return x
 
 
+def _percentile_bootstrap(samples, statistic, confidence, n_resamples, random_state) -> tuple[float, float]:
+    """scipy's percentile bootstrap of ``statistic`` over ``samples`` (each resampled on its own)."""
+    from scipy import stats  # the report's own dependency: never imported by the training CLI
+
+    res = stats.bootstrap(
+        samples,
+        statistic,
+        confidence_level=confidence,
+        n_resamples=n_resamples,
+        method=CI_METHOD,
+        vectorized=True,
+        **{_rng_kwarg(): np.random.default_rng(random_state)},
+    )
+    return (float(res.confidence_interval.low), float(res.confidence_interval.high))
+
+
 def bootstrap_ci(
     values,
     confidence: float = CONFIDENCE,
@@ -81,23 +97,12 @@ def bootstrap_ci(
     scipy would warn about degenerate data). Values are sorted first, so the interval depends
     only on the values, never on the order the table lists them in.
     """
-    from scipy import stats  # the report's own dependency: never imported by the training CLI
-
     x = _check(values)
     if x.size < 2:
         return (math.nan, math.nan)
     if x[0] == x[-1]:
         return (float(x[0]), float(x[0]))
-    res = stats.bootstrap(
-        (x,),
-        np.mean,
-        confidence_level=confidence,
-        n_resamples=n_resamples,
-        method=CI_METHOD,
-        vectorized=True,
-        **{_rng_kwarg(): np.random.default_rng(random_state)},
-    )
-    return (float(res.confidence_interval.low), float(res.confidence_interval.high))
+    return _percentile_bootstrap((x,), np.mean, confidence, n_resamples, random_state)
 
 
 def bootstrap_diff_ci(
@@ -109,25 +114,19 @@ def bootstrap_diff_ci(
 ) -> tuple[float, float]:
     """Unpaired: percentile bootstrap interval of ``mean(a) - mean(b)``, each sample resampled on
     its own (what an analysis that ignores any pairing between them reports)."""
-    from scipy import stats
-
     x, y = _check(a), _check(b)
     if x.size < 2 or y.size < 2:
         return (math.nan, math.nan)
     if x[0] == x[-1] and y[0] == y[-1]:
         d = float(x[0] - y[0])
         return (d, d)
-    res = stats.bootstrap(
+    return _percentile_bootstrap(
         (x, y),
         lambda u, v, axis=-1: np.mean(u, axis=axis) - np.mean(v, axis=axis),
-        confidence_level=confidence,
-        n_resamples=n_resamples,
-        method=CI_METHOD,
-        vectorized=True,
-        paired=False,
-        **{_rng_kwarg(): np.random.default_rng(random_state)},
+        confidence,
+        n_resamples,
+        random_state,
     )
-    return (float(res.confidence_interval.low), float(res.confidence_interval.high))
 
 
 # --------------------------------------------------------------------------- fronts and curves
