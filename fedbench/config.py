@@ -61,6 +61,8 @@ class RunSettings:
     # its last checkpoint (bit for bit). On the command line, resume=PATH continues run folder PATH.
     resume: bool = True
     checkpoint_every: int = 1  # rounds between checkpoints (0 = none); the last round always saves
+    # Checkpoints kept (the newest N): resume falls back to an older one if the newest is damaged.
+    checkpoint_keep: int = 2
     quiet: bool = False  # no progress bar (the per-round log lines stay)
     # Random streams (fedbench.rng): paired = one stream per purpose, so runs that differ only in
     # method, codec, strategy, lr or evaluation schedule see the same clients and batches;
@@ -77,6 +79,12 @@ class RunSettings:
         if self.checkpoint_every < 0:
             raise ConfigError(
                 "checkpoint_every", "must be an integer >= 0 (0 = no checkpoints)", self.checkpoint_every
+            )
+        if self.checkpoint_keep < 1:
+            raise ConfigError(
+                "checkpoint_keep",
+                "must be an integer >= 1 (the newest checkpoints kept for resume)",
+                self.checkpoint_keep,
             )
 
 
@@ -204,6 +212,7 @@ class RunSpec:
     resolved: dict = field(repr=False)
     quiet: bool = False
     rng: str = "paired"
+    checkpoint_keep: int = 2
 
     @functools.cached_property
     def config_hash(self) -> str:
@@ -212,7 +221,7 @@ class RunSpec:
 
 
 # How a run is executed, not what it computes: left out of its identity.
-EXECUTION_KEYS = ("threads", "resume", "checkpoint_every", "quiet")
+EXECUTION_KEYS = ("threads", "resume", "checkpoint_every", "checkpoint_keep", "quiet")
 
 
 def _non_default(section: dict, cls: type) -> dict:
@@ -353,6 +362,7 @@ def validate(cfg: DictConfig | dict) -> RunSpec:
         threads=settings.threads,
         resume=settings.resume,
         checkpoint_every=settings.checkpoint_every,
+        checkpoint_keep=settings.checkpoint_keep,
         quiet=settings.quiet,
         rng=settings.rng,
         fl=fl,

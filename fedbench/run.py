@@ -244,7 +244,10 @@ def execute(
                 if out is not None and every and (engine.round % every == 0 or last or diverged):
                     tensors, meta = engine.state_dict()
                     checkpoint.save(
-                        out, tensors, {**meta, "config_hash": spec.config_hash, "config": spec.resolved}
+                        out,
+                        tensors,
+                        {**meta, "config_hash": spec.config_hash, "config": spec.resolved},
+                        keep=spec.checkpoint_keep,
                     )
                 if on_round is not None:
                     on_round(row, spec)

@@ -15,6 +15,8 @@ import pytest
 from conftest import ROOT, StopAfter, compose_cfg, run_cli
 
 from fedbench import checkpoint
+from fedbench.config import validate
+from fedbench.errors import ConfigError
 from fedbench.run import run
 
 SMALL = [
@@ -164,7 +166,13 @@ def test_rerun_of_a_multirun_skips_complete_and_resumes_incomplete(tmp_path):
 def test_checkpoints_are_safetensors_and_json_only(tmp_path):
     run(compose_cfg(SMALL), out_dir=tmp_path)
     files = sorted(p.name for p in (tmp_path / "checkpoint").iterdir())
-    assert files == ["latest.json", "round_000006.safetensors"]
+    assert files == [  # checkpoint_keep=2: the newest two rounds
+        "latest.json",
+        "round_000005.json",
+        "round_000005.safetensors",
+        "round_000006.json",
+        "round_000006.safetensors",
+    ]
     # loading never unpickles: no torch.load / pickle anywhere in the package
     for src in (ROOT / "fedbench").rglob("*.py"):
         text = src.read_text()
@@ -174,11 +182,81 @@ def test_checkpoints_are_safetensors_and_json_only(tmp_path):
                 assert "weights_only=True" in line, f"{src}: {line.strip()}"
 
 
-def test_corrupt_checkpoint_is_refused(tmp_path):
-    cfg = compose_cfg(SMALL)
+def _interrupted(tmp_path, after: int, *extra: str):
+    cfg = compose_cfg([*SMALL, *extra])
     with pytest.raises(KeyboardInterrupt):
-        run(cfg, out_dir=tmp_path, on_round=StopAfter(2))
-    tensors = next((tmp_path / "checkpoint").glob("*.safetensors"))
-    tensors.write_bytes(tensors.read_bytes()[:-8] + b"garbage!")
-    with pytest.raises(ValueError, match="corrupt"):
-        run(cfg, out_dir=tmp_path)
+        run(cfg, out_dir=tmp_path, on_round=StopAfter(after))
+    return cfg
+
+
+def _truncate(path):
+    path.write_bytes(path.read_bytes()[: len(path.read_bytes()) // 2])  # a copy cut short
+
+
+def test_damaged_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, caplog):
+    cfg = _interrupted(tmp_path, 4)
+    reference = run(compose_cfg(SMALL))
+    _truncate(tmp_path / "checkpoint" / "round_000004.safetensors")
+    with caplog.at_level("WARNING", logger="fedbench"):
+        resumed = run(cfg, out_dir=tmp_path)
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and "round 4" in warnings[0] and "resuming from round 3" in warnings[0]
+    _same_rows(resumed, reference)  # round 4 recomputed, bit for bit
+    assert json.loads((tmp_path / "summary.json").read_text())["resumed_from_round"] == 3
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda d: _truncate(d / "round_000004.json"),  # the record cut short
+        lambda d: (d / "round_000004.safetensors").unlink(),  # tensors missing
+        lambda d: (d / "round_000004.json").write_text(  # the record edited: its checksum fails
+            (d / "round_000004.json").read_text().replace('"round": 4', '"round": 5')
+        ),
+    ],
+    ids=["record-truncated", "tensors-missing", "record-edited"],
+)
+def test_every_kind_of_damage_is_detected(tmp_path, damage):
+    _interrupted(tmp_path, 4)
+    damage(tmp_path / "checkpoint")
+    assert checkpoint.load(tmp_path)[1]["round"] == 3
+
+
+def test_no_good_checkpoint_is_one_line_exit_2_and_nothing_deleted(tmp_path):
+    _interrupted(tmp_path, 2, "checkpoint_keep=2")
+    for f in (tmp_path / "checkpoint").glob("round_*.safetensors"):
+        _truncate(f)
+    before = {p.name: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    with pytest.raises(ConfigError, match="no usable checkpoint .*resume=false"):
+        checkpoint.load(tmp_path)
+    res = run_cli([*SMALL, f"hydra.run.dir={tmp_path}"], cwd=tmp_path)
+    assert res.returncode == 2, res.stderr[-2000:]
+    lines = [line for line in res.stderr.strip().splitlines() if line.startswith("fedbench:")]
+    assert len(lines) == 1 and "no usable checkpoint" in lines[0] and "Traceback" not in res.stderr
+    after = {p.name: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file() and p.name in before}
+    assert after == before
+
+
+def test_checkpoint_keep_is_validated_and_outside_the_config_hash(tmp_path):
+    res = run_cli(["checkpoint_keep=0"], cwd=tmp_path)
+    assert res.returncode == 2 and "checkpoint_keep=0: must be an integer >= 1" in res.stderr
+    assert validate(compose_cfg(["checkpoint_keep=5"])).config_hash == validate(compose_cfg([])).config_hash
+    _interrupted(tmp_path / "k1", 3, "checkpoint_keep=1")
+    assert sorted(p.name for p in (tmp_path / "k1" / "checkpoint").iterdir()) == [
+        "latest.json",
+        "round_000003.json",
+        "round_000003.safetensors",
+    ]
+
+
+def test_a_format_1_checkpoint_still_resumes(tmp_path):
+    """Run folders written before per-round records: latest.json names the tensor file."""
+    cfg = _interrupted(tmp_path, 3, "checkpoint_keep=1")
+    folder = tmp_path / "checkpoint"
+    record = json.loads((folder / "round_000003.json").read_text())
+    record.pop("record_sha256")
+    record["format"] = 1
+    (folder / "round_000003.json").unlink()
+    (folder / "latest.json").write_text(json.dumps(record))
+    assert checkpoint.load(tmp_path)[1]["round"] == 3
+    _same_rows(run(cfg, out_dir=tmp_path), run(compose_cfg(SMALL)))
