@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from fedbench.cli_check import CommandLineError, check_command_line, is_multirun
 from fedbench.config import CONF_DIR, RunSpec, load_registry, validate
 from fedbench.errors import ConfigError
+from fedbench.lock import RunFolderBusy
 from fedbench.progress import RunProgress, progress_enabled
 from fedbench.threads import threads_for_job
 
@@ -91,6 +92,13 @@ def _task(cfg: DictConfig) -> float:
             rows = execute(
                 spec, out_dir=out_dir, on_round=on_round, choices=choices, on_client=progress.client_callback
             )
+    except RunFolderBusy as exc:
+        if launcher is None:  # a single run: refused
+            print(f"fedbench: {exc}", file=sys.stderr)
+            sys.exit(EXIT_BAD_CONFIG)
+        # a sweep re-launched while some of its jobs still run elsewhere: skip those, go on
+        print(f"fedbench: skipped: {exc.allowed}", file=sys.stderr)
+        return float("nan")
     except ConfigError as exc:  # e.g. the run folder holds a different configuration
         print(f"fedbench: {exc}", file=sys.stderr)
         sys.exit(EXIT_BAD_CONFIG)

@@ -26,6 +26,7 @@ from fedbench.errors import ConfigError
 from fedbench.fl.faults import FaultPlan
 from fedbench.fl.state import FlatParams
 from fedbench.fl.vectorized import make_engine
+from fedbench.lock import run_folder_lock
 from fedbench.registry import CONFIG_GROUPS
 from fedbench.results import (
     COLUMNS,
@@ -188,9 +189,24 @@ def execute(
     choices: dict | None = None,
     on_client: Callable[[int, int, int], None] | None = None,
 ) -> list[dict]:
-    """:func:`run` returning the metrics rows as dicts (the CLI's path: no pandas import)."""
+    """:func:`run` returning the metrics rows as dicts (the CLI's path: no pandas import).
+
+    The run folder's lock (:mod:`fedbench.lock`) is held throughout: a second process on the
+    same folder gets :class:`~fedbench.lock.RunFolderBusy` before anything is read or written.
+    """
     spec = cfg if isinstance(cfg, RunSpec) else validate(cfg)
     out = Path(out_dir) if out_dir is not None else None
+    with run_folder_lock(out):
+        return _execute(spec, out, on_round, choices, on_client)
+
+
+def _execute(
+    spec: RunSpec,
+    out: Path | None,
+    on_round: Callable[[dict, RunSpec], None] | None,
+    choices: dict | None,
+    on_client: Callable[[int, int, int], None] | None,
+) -> list[dict]:
     saved = None
     if out is not None and out.is_dir():
         if spec.resume:
