@@ -43,32 +43,51 @@ def is_run_dir(path: Path) -> bool:
     return any((path / m).exists() for m in RUN_MARKERS)
 
 
+def _inside(path: Path, roots: list[Path]) -> bool:
+    return any(path == r or r in path.parents for r in roots)
+
+
 def find_run_dirs(paths: list[str | Path]) -> list[Path]:
     """Every run folder under ``paths`` (each resolved, each once, sorted).
 
     Does not descend into a run folder or into hidden folders (``.hydra``, ``.submitit``).
+    Follows symbolic links only to folders inside the given ``paths``, and never into a folder
+    already searched (so a link loop ends); each link it does not follow is named on stderr.
     """
-    found: set[Path] = set()
+    roots: list[Path] = []
     for p in paths:
         root = Path(p)
         if not root.exists():
             raise ReportError(f"no such file or folder: {p}")
         if not root.is_dir():
             raise ReportError(f"not a folder: {p} (give run or multirun folders, or one saved runs.parquet)")
-        root = root.resolve()
+        roots.append(root.resolve())
+    found: set[Path] = set()
+    searched: set[Path] = set()
+    for root in roots:
         if is_run_dir(root):
             found.add(root)
             continue
         for dirpath, dirnames, _ in os.walk(root, followlinks=True):
             here = Path(dirpath)
+            searched.add(here.resolve())
             keep = []
             for d in sorted(dirnames):
                 if d.startswith("."):
                     continue
                 sub = here / d
+                real = sub.resolve()
+                if sub.is_symlink() and not _inside(real, roots):
+                    warn(f"not following {display_path(sub)}: a link to {real}, outside the given folders")
+                    continue
+                if real in searched or real in found:
+                    if sub.is_symlink():
+                        warn(f"not following {display_path(sub)}: a link to a folder already searched")
+                    continue
                 if is_run_dir(sub):
-                    found.add(sub.resolve())
+                    found.add(real)
                 else:
+                    searched.add(real)
                     keep.append(d)
             dirnames[:] = keep
     return sorted(found)
@@ -127,6 +146,9 @@ def load_run(path: Path) -> tuple[Run | None, str | None]:
     missing = [c for c in REQUIRED_METRICS if c not in metrics.columns]
     if missing:
         return None, f"metrics lack column(s) {', '.join(missing)}"
+    text = [c for c in REQUIRED_METRICS if not pd.api.types.is_numeric_dtype(metrics[c])]
+    if text:
+        return None, f"metrics column(s) {', '.join(text)} hold non-numeric values"
     expected = summary.get("rounds_completed", summary.get("num_rounds"))
     if len(metrics) == 0 or (expected is not None and len(metrics) != expected):
         return None, f"metrics have {len(metrics)} row(s) but summary.json says {expected} round(s)"
