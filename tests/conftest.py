@@ -17,6 +17,19 @@ CONF = ROOT / "conf"
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
 
+# The smallest tutorial-MLP run (2 rounds, 3 clients, 32 samples each) at one thread: for tests
+# of the run folder, the CLI and the report that need real runs but not their numbers.
+TINY_MLP = [
+    "fl.num_rounds=2",
+    "fl.num_clients=3",
+    "fl.clients_per_round=2",
+    "model.hidden_dim=16",
+    "model.num_layers=1",
+    "data.samples_per_client=32",
+    "data.test_size=32",
+    "threads=1",
+]
+
 # A few short BBC articles over 2 clients, one round at one thread: the text runs that method
 # and PEFT-export tests train (add model=..., method=...).
 TINY_TEXT = [

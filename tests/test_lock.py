@@ -10,21 +10,12 @@ import subprocess
 import sys
 
 import pytest
-from conftest import ROOT, compose_cfg, run_cli
+from conftest import ROOT, TINY_MLP, compose_cfg, run_cli
 
 from fedbench.lock import LOCK_FILE, RunFolderBusy, holder, run_folder_lock
 from fedbench.run import execute
 
-TINY = [
-    "fl.num_rounds=2",
-    "fl.num_clients=3",
-    "fl.clients_per_round=2",
-    "model.hidden_dim=16",
-    "model.num_layers=1",
-    "data.samples_per_client=32",
-    "data.test_size=32",
-    "threads=1",
-]
+TINY = TINY_MLP
 
 
 HOLD = (

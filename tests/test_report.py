@@ -13,7 +13,7 @@ from collections import Counter
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import ROOT, run_cli, run_report
+from conftest import ROOT, TINY_MLP, run_cli, run_report
 from matplotlib.colors import to_hex
 
 import fedbench.report.figures as figures
@@ -21,16 +21,7 @@ from fedbench import report as rep
 from fedbench.config import config_hash
 from fedbench.report import FIGURES, pareto_front
 
-TINY = [
-    "fl.num_rounds=3",
-    "fl.num_clients=3",
-    "fl.clients_per_round=2",
-    "model.hidden_dim=16",
-    "model.num_layers=1",
-    "data.samples_per_client=32",
-    "data.test_size=32",
-    "threads=1",
-]
+TINY = [("fl.num_rounds=3" if t.startswith("fl.num_rounds=") else t) for t in TINY_MLP]
 METHODS = ("lora", "full", "head_only")
 SEEDS = (0, 1)
 ROUNDS = 3

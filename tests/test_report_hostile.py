@@ -7,18 +7,9 @@ import json
 import shutil
 
 import pytest
-from conftest import run_cli, run_report
+from conftest import TINY_MLP, run_cli, run_report
 
-TINY = [
-    "fl.num_rounds=2",
-    "fl.num_clients=3",
-    "fl.clients_per_round=2",
-    "model.hidden_dim=16",
-    "model.num_layers=1",
-    "data.samples_per_client=32",
-    "data.test_size=32",
-    "threads=1",
-]
+TINY = TINY_MLP
 
 
 @pytest.fixture(scope="module")

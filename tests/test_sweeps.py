@@ -8,21 +8,13 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import CONF, compose_cfg, run_cli
+from conftest import CONF, TINY_MLP, compose_cfg, run_cli
 from omegaconf import OmegaConf
 
 from fedbench import report as rep
 from fedbench.config import validate
 
-TINY = [
-    "fl.num_rounds=2",
-    "fl.num_clients=3",
-    "fl.clients_per_round=2",
-    "model.hidden_dim=16",
-    "model.num_layers=1",
-    "data.samples_per_client=32",
-    "data.test_size=32",
-]
+TINY = [t for t in TINY_MLP if not t.startswith("threads=")]  # threads come from the launcher
 
 
 def experiment(name: str) -> str:
