@@ -116,19 +116,24 @@ def _arrow_table(rows: list[dict]):
     return pa.Table.from_arrays(arrays, names=COLUMNS)
 
 
-def write_parquet_atomic(rows: list[dict], path: Path) -> None:
-    """``metrics.parquet`` from metrics rows (pyarrow, fixed column types; no pandas needed)."""
+def _write_table_atomic(table, path: Path) -> None:
+    """A pyarrow table to ``path`` as parquet, via a temporary sibling renamed into place."""
     import pyarrow.parquet as pq
 
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
-        pq.write_table(_arrow_table(rows), tmp)
+        pq.write_table(table, tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_parquet_atomic(rows: list[dict], path: Path) -> None:
+    """``metrics.parquet`` from metrics rows (pyarrow, fixed column types; no pandas needed)."""
+    _write_table_atomic(_arrow_table(rows), path)
 
 
 def read_parquet_rows(path: Path) -> list[dict]:
@@ -303,7 +308,6 @@ class ClientMetricsWriter:
             return
         import numpy as np
         import pyarrow as pa
-        import pyarrow.parquet as pq
 
         columns = {
             c: np.asarray(
@@ -311,12 +315,4 @@ class ClientMetricsWriter:
             )
             for c in CLIENT_METRIC_COLUMNS
         }
-        path = self.out_dir / CLIENT_METRICS_PARQUET
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        os.close(fd)
-        try:
-            pq.write_table(pa.table(columns), tmp)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        _write_table_atomic(pa.table(columns), self.out_dir / CLIENT_METRICS_PARQUET)

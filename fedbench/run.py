@@ -33,6 +33,7 @@ from fedbench.results import (
     INT_COLUMNS,
     METRICS_CSV,
     METRICS_PARQUET,
+    OPTIONAL_COLUMNS,
     SUMMARY_JSON,
     ClientMetricsWriter,
     MetricsWriter,
@@ -132,7 +133,7 @@ def _read_rows(csv_path: Path, up_to_round: int) -> list[dict]:
             row = {}
             for k in COLUMNS:
                 v = raw.get(k)
-                if v is None and k.startswith("client_acc_"):  # a folder from before per-client eval
+                if v is None and k in OPTIONAL_COLUMNS:  # a folder from before per-client eval
                     v = "nan"
                 row[k] = v if k == "selected" else (int(v) if k in INT_COLUMNS else float(v))
             if row["round"] <= up_to_round:

@@ -105,31 +105,29 @@ def compose_cfg(overrides: list[str] | tuple[str, ...] = ()):
     return compose(list(overrides))
 
 
-def run_cli(args: list[str], cwd: Path, timeout: float = 300, extra_path=()) -> subprocess.CompletedProcess:
-    """``python -m fedbench ARGS`` in a fresh process (outputs go under ``cwd``); ``extra_path``
-    folders go on its ``PYTHONPATH`` before the repository."""
+def _run_module(
+    module: str, args: list[str], cwd: Path, timeout: float, extra_path=()
+) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([*map(str, extra_path), str(ROOT)]))
     return subprocess.run(
-        [sys.executable, "-m", "fedbench", *args],
+        [sys.executable, "-m", module, *args],
         cwd=cwd,
         env=env,
         capture_output=True,
         text=True,
         timeout=timeout,
     )
+
+
+def run_cli(args: list[str], cwd: Path, timeout: float = 300, extra_path=()) -> subprocess.CompletedProcess:
+    """``python -m fedbench ARGS`` in a fresh process (outputs go under ``cwd``); ``extra_path``
+    folders go on its ``PYTHONPATH`` before the repository."""
+    return _run_module("fedbench", args, cwd, timeout, extra_path)
 
 
 def run_report(args: list[str], cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess:
     """``python -m fedbench.report ARGS`` in a fresh process."""
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    return subprocess.run(
-        [sys.executable, "-m", "fedbench.report", *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+    return _run_module("fedbench.report", args, cwd, timeout)
 
 
 class StopAfter:
