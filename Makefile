@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed-stamp
 ARGS   ?=
 PYTEST_ARGS ?=
 
-.PHONY: install run test test-fast bench fixtures lint format clean sweep reproduce
+.PHONY: install run test test-fast fuzz bench fixtures lint format clean sweep reproduce
 
 install: $(STAMP)
 
@@ -27,6 +27,10 @@ test: install  ## the full test suite, as CI runs it (pytest's "no tests" exit 5
 
 test-fast: install
 	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+
+fuzz: install  ## fuzz other override sets than CI's (make fuzz SEED=7 EXAMPLES=2000)
+	FEDBENCH_FUZZ_SEED=$(or $(SEED),$$RANDOM) FEDBENCH_FUZZ_EXAMPLES=$(or $(EXAMPLES),2000) \
+	  $(BIN)/python -m pytest -q -p no:cacheprovider tests/test_fuzz_config.py -k fuzzed $(PYTEST_ARGS)
 
 bench: install  ## wall time vs the seed script, same invocation, alternating
 	$(BIN)/python scripts/bench.py $(ARGS)

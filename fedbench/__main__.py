@@ -16,14 +16,14 @@ from omegaconf import DictConfig, OmegaConf
 
 from fedbench.cli_check import CommandLineError, check_command_line, is_multirun
 from fedbench.config import CONF_DIR, RunSpec, load_registry, validate
-from fedbench.errors import ConfigError
+from fedbench.errors import EXIT_BAD_INPUT, EXIT_ENVIRONMENT, ConfigError, environment_problem
 from fedbench.lock import RunFolderBusy
 from fedbench.progress import RunProgress, progress_enabled
 from fedbench.threads import threads_for_job
 
 log = logging.getLogger("fedbench")
 
-EXIT_BAD_CONFIG = 2
+EXIT_BAD_CONFIG = EXIT_BAD_INPUT  # the exit codes: fedbench.errors
 EXIT_INTERRUPTED = 130  # 128 + SIGINT; a SIGTERM'd run exits 143 (128 + SIGTERM)
 
 
@@ -60,7 +60,7 @@ def _task(cfg: DictConfig) -> float:
         spec = validate(cfg)
     except ConfigError as exc:
         print(f"fedbench: {exc}", file=sys.stderr)
-        sys.exit(EXIT_BAD_CONFIG)
+        sys.exit(exc.exit_code)
     r = spec.resolved
     log.info(
         "%s + %s on %s, %s, %d rounds x %d/%d clients -> %s",
@@ -101,7 +101,13 @@ def _task(cfg: DictConfig) -> float:
         return float("nan")
     except ConfigError as exc:  # e.g. the run folder holds a different configuration
         print(f"fedbench: {exc}", file=sys.stderr)
-        sys.exit(EXIT_BAD_CONFIG)
+        sys.exit(exc.exit_code)
+    except OSError as exc:  # a full disk or a read-only folder is one line; other OS errors are bugs
+        line = environment_problem(exc, where=f"a file in {out_dir}")
+        if line is None:
+            raise
+        print(f"fedbench: {line}", file=sys.stderr)
+        sys.exit(EXIT_ENVIRONMENT)
     last = rows[-1]
     try:
         print(format_table(rows, ["round", "accuracy", "bytes_up", "bytes_down", "cum_bytes"]))
@@ -149,11 +155,18 @@ def expand_resume_path(argv: list[str]) -> list[str]:
     saved = folder / ".hydra" / "overrides.yaml"
     if not saved.is_file():
         raise CommandLineError(f"resume={folder}: not a fedbench run folder (no .hydra/overrides.yaml)")
-    previous = [
-        o
-        for o in OmegaConf.to_container(OmegaConf.load(saved))
-        if not o.startswith(("resume=", "hydra.run.dir="))
-    ]
+    try:
+        stored = OmegaConf.to_container(OmegaConf.load(saved))
+    except Exception as exc:  # yaml's and OmegaConf's errors for a damaged file vary
+        stored, why = None, f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+    else:
+        why = "it is not a list of overrides"
+    if not isinstance(stored, list) or not all(isinstance(o, str) for o in stored):
+        raise CommandLineError(
+            f"resume={folder}: {saved} is damaged ({why}); resume with the original overrides "
+            f"and hydra.run.dir={folder} instead"
+        )
+    previous = [o for o in stored if not o.startswith(("resume=", "hydra.run.dir="))]
     return [*previous, *out, f"hydra.run.dir={folder.resolve()}", "resume=true"]
 
 
@@ -166,7 +179,7 @@ def main() -> None:
         check_command_line(sys.argv[1:])
     except CommandLineError as exc:
         print(f"fedbench: {exc}", file=sys.stderr)
-        sys.exit(EXIT_BAD_CONFIG)
+        sys.exit(exc.exit_code)
     load_registry()  # the components' structured configs, before Hydra composes
     try:
         _task()

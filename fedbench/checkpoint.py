@@ -24,7 +24,8 @@ import re
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+from safetensors.torch import save as save_bytes
 
 from fedbench.errors import ConfigError
 from fedbench.results import atomic_write_bytes, atomic_write_json
@@ -65,9 +66,8 @@ def save(run_dir: Path, tensors: dict[str, torch.Tensor], meta: dict, keep: int 
     folder.mkdir(parents=True, exist_ok=True)
     stem = _stem(meta["round"])
     name = f"{stem}.safetensors"
-    tmp = folder / f".{name}.tmp"
-    save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp))
-    tmp.replace(folder / name)
+    # serialised in memory and written by Python, so that a full disk is a plain OSError
+    atomic_write_bytes(folder / name, save_bytes({k: v.contiguous() for k, v in tensors.items()}))
     record = {"format": FORMAT, "tensors": name, "sha256": _sha256(folder / name), **meta}
     record["record_sha256"] = _record_sha(record)
     atomic_write_json(folder / f"{stem}.json", record)

@@ -25,7 +25,7 @@ from omegaconf.errors import OmegaConfBaseException, ValidationError
 
 from fedbench import registry
 from fedbench.config import CONF_DIR, FLConfig, RunSettings, _type_text, load_registry, validate
-from fedbench.errors import ConfigError
+from fedbench.errors import EXIT_BAD_INPUT, EXIT_ENVIRONMENT, ConfigError, environment_problem
 from fedbench.registry import describe_fields
 
 MAX_CHECKED_JOBS = 2000
@@ -35,7 +35,12 @@ __all__ = ["CONF_DIR", "CommandLineError", "check_command_line", "is_multirun"]
 
 
 class CommandLineError(Exception):
-    """One line describing what is wrong with the command line."""
+    """One line describing what is wrong with the command line; ``exit_code`` 2 for bad input,
+    3 for the machine (a missing package, an output folder that cannot be written)."""
+
+    def __init__(self, message: str, exit_code: int = EXIT_BAD_INPUT) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
 def parse_args(argv: list[str]):
@@ -183,6 +188,44 @@ def check_command_line(argv: list[str]) -> None:
                 try:
                     validate(cfg)
                 except ConfigError as exc:
-                    raise CommandLineError(str(exc)) from None
+                    raise CommandLineError(str(exc), exc.exit_code) from None
+            _check_output_folder(config_name, list(args.overrides), bool(args.multirun))
     finally:
         GlobalHydra.instance().clear()
+
+
+def _nearest_existing(path: Path) -> Path:
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def _check_output_folder(config_name: str, overrides: list[str], multirun: bool) -> None:
+    """The folder Hydra is about to create (``hydra.run.dir``, or ``hydra.sweep.dir`` with -m)
+    must be creatable and writable: checked here, where a failure is one line, because Hydra
+    makes it before fedbench's code runs. Probes with a temporary file, removed at once."""
+    import os
+    import tempfile
+
+    key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
+    fixed = [o.input_line for o in _parse(overrides) if not o.is_sweep_override()]
+    try:
+        cfg = compose(config_name, overrides=fixed, return_hydra_config=True)
+        target = Path(str(OmegaConf.select(cfg, key)))
+    except Exception:  # noqa: BLE001 (an unresolvable folder name: Hydra reports it itself)
+        return
+    existing = _nearest_existing(target.absolute())
+    if existing != target.absolute() and not existing.is_dir():
+        raise CommandLineError(f"{key}={target}: {existing} is a file, not a folder; choose another folder")
+    if existing == target.absolute() and not target.is_dir():
+        raise CommandLineError(f"{key}={target}: exists and is not a folder; choose another folder")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".fedbench-write-check-", dir=existing)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        exc.filename = str(existing)  # name the folder, not the probe
+        line = environment_problem(exc)
+        if line is None:
+            raise CommandLineError(f"{key}={target}: cannot write in {existing} ({exc.strerror})") from None
+        raise CommandLineError(f"{key}={target}: {line}", EXIT_ENVIRONMENT) from None

@@ -22,7 +22,7 @@ import fedbench
 from fedbench import checkpoint, registry, rng
 from fedbench.config import RunSpec, config_hash, validate
 from fedbench.data.client_split import hold_out
-from fedbench.errors import ConfigError
+from fedbench.errors import ConfigError, DamagedRunFolder
 from fedbench.fl.faults import FaultPlan
 from fedbench.fl.state import FlatParams
 from fedbench.fl.vectorized import make_engine
@@ -123,22 +123,71 @@ def _signals_interrupt():
         signal.signal(signal.SIGTERM, previous)
 
 
-def _read_rows(csv_path: Path, up_to_round: int) -> list[dict]:
-    """Rows of a run's metrics.csv up to a round, with their exact values (floats are repr'd)."""
-    if not csv_path.is_file():
-        return []
+def _read_rows(out: Path, up_to_round: int) -> list[dict]:
+    """The rows of rounds 1..``up_to_round`` with their exact values (floats are repr'd), from
+    metrics.csv, else from metrics.parquet; a folder holding neither intact is
+    :class:`DamagedRunFolder` (the checkpoint cannot be continued without its rows)."""
+    problem = "it is missing"
+    csv_path = out / METRICS_CSV
+    if csv_path.is_file():
+        try:
+            rows = _parse_rows(csv_path, up_to_round)
+            if len(rows) == up_to_round:
+                return rows
+            problem = f"it has {len(rows)} rows up to round {up_to_round}"
+        except (ValueError, TypeError, csv.Error, UnicodeDecodeError) as exc:
+            problem = f"it cannot be read ({type(exc).__name__}: {exc})"
+    parquet = out / METRICS_PARQUET
+    if parquet.is_file():
+        with contextlib.suppress(Exception):  # damaged too: the error below names the csv
+            rows = [r for r in read_parquet_rows(parquet) if r["round"] <= up_to_round]
+            if [r["round"] for r in rows] == list(range(1, up_to_round + 1)):
+                log.warning("%s: %s; resuming with the rows of %s", csv_path, problem, METRICS_PARQUET)
+                return rows
+    raise DamagedRunFolder(
+        "resume",
+        f"run folder {out}: {METRICS_CSV} is damaged ({problem}) and the checkpoint after round "
+        f"{up_to_round} cannot be continued without its rows; start over with resume=false "
+        "(nothing was deleted)",
+        True,
+    )
+
+
+def _parse_rows(csv_path: Path, up_to_round: int) -> list[dict]:
     rows = []
-    with open(csv_path, newline="") as fh:
+    with open(csv_path, newline="", encoding="utf-8") as fh:
         for raw in csv.DictReader(fh):
             row = {}
             for k in COLUMNS:
                 v = raw.get(k)
                 if v is None and k in OPTIONAL_COLUMNS:  # a folder from before per-client eval
                     v = "nan"
+                if v is None:
+                    raise ValueError(f"round row {len(rows) + 1} has no {k!r}")
                 row[k] = v if k == "selected" else (int(v) if k in INT_COLUMNS else float(v))
             if row["round"] <= up_to_round:
                 rows.append(row)
+    if [r["round"] for r in rows] != list(range(1, len(rows) + 1)):
+        raise ValueError("its rounds are not 1, 2, 3, ...")
     return rows
+
+
+def _read_summary(out: Path) -> dict | None:
+    """The folder's summary.json, or None when there is none or it is damaged (then the
+    checkpoint, which carries its own config hash, decides; summary.json is rewritten)."""
+    path = out / SUMMARY_JSON
+    if not path.is_file():
+        return None
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        value, why = None, f"{type(exc).__name__}: {exc}"
+    else:
+        why = f"it holds a {type(value).__name__}, not an object"
+    if isinstance(value, dict):
+        return value
+    log.warning("%s is damaged (%s); ignoring it: the checkpoint decides", path, why)
+    return None
 
 
 def _stored_hash(record: dict) -> str | None:
@@ -211,14 +260,20 @@ def _execute(
     saved = None
     if out is not None and out.is_dir():
         if spec.resume:
-            summary_path = out / SUMMARY_JSON
-            if summary_path.is_file():
-                done = json.loads(summary_path.read_text())
+            done = _read_summary(out)
+            if done is not None:
                 if _stored_hash(done) != spec.config_hash:
                     raise _mismatch(out, _stored_hash(done), spec)
                 if done.get("status") == "complete" and (out / METRICS_PARQUET).is_file():
-                    log.info("%s already holds this run's complete result; skipping", out)
-                    return read_parquet_rows(out / METRICS_PARQUET)
+                    try:
+                        complete = read_parquet_rows(out / METRICS_PARQUET)
+                    except Exception as exc:  # pyarrow's errors for a damaged file vary by fault
+                        log.warning(
+                            "%s is damaged (%s); resuming from the checkpoint", out / METRICS_PARQUET, exc
+                        )
+                    else:
+                        log.info("%s already holds this run's complete result; skipping", out)
+                        return complete
             saved = checkpoint.load(out)
             if saved is not None and _stored_hash(saved[1]) != spec.config_hash:
                 raise _mismatch(out, _stored_hash(saved[1]), spec)
@@ -235,12 +290,7 @@ def _execute(
     if saved is not None:
         engine.load_state_dict(*saved)
         resumed_from = engine.round
-        rows = _read_rows(out / METRICS_CSV, engine.round)
-        if len(rows) != engine.round:
-            raise ValueError(
-                f"{out / METRICS_CSV} has {len(rows)} rows up to round {engine.round}; "
-                "cannot resume consistently"
-            )
+        rows = _read_rows(out, engine.round)
         log.info("resuming %s after round %d", out, engine.round)
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)

@@ -106,9 +106,9 @@ def compose_cfg(overrides: list[str] | tuple[str, ...] = ()):
 
 
 def _run_module(
-    module: str, args: list[str], cwd: Path, timeout: float, extra_path=()
+    module: str, args: list[str], cwd: Path, timeout: float, extra_path=(), env=None, preexec_fn=None
 ) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([*map(str, extra_path), str(ROOT)]))
+    env = dict(os.environ, **(env or {}), PYTHONPATH=os.pathsep.join([*map(str, extra_path), str(ROOT)]))
     return subprocess.run(
         [sys.executable, "-m", module, *args],
         cwd=cwd,
@@ -116,13 +116,17 @@ def _run_module(
         capture_output=True,
         text=True,
         timeout=timeout,
+        preexec_fn=preexec_fn,
     )
 
 
-def run_cli(args: list[str], cwd: Path, timeout: float = 300, extra_path=()) -> subprocess.CompletedProcess:
+def run_cli(
+    args: list[str], cwd: Path, timeout: float = 300, extra_path=(), env=None, preexec_fn=None
+) -> subprocess.CompletedProcess:
     """``python -m fedbench ARGS`` in a fresh process (outputs go under ``cwd``); ``extra_path``
-    folders go on its ``PYTHONPATH`` before the repository."""
-    return _run_module("fedbench", args, cwd, timeout, extra_path)
+    folders go on its ``PYTHONPATH`` before the repository, ``env`` adds environment variables,
+    ``preexec_fn`` runs in the child before it starts (e.g. to set a resource limit)."""
+    return _run_module("fedbench", args, cwd, timeout, extra_path, env, preexec_fn)
 
 
 def run_report(args: list[str], cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess:

