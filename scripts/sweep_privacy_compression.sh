@@ -27,4 +27,5 @@ if [ "$LAUNCHER" = joblib ]; then LAUNCH+=("hydra.launcher.n_jobs=$N_JOBS"); fi
 echo "+ $BIN/fedbench -m experiment=privacy_compression ${LAUNCH[*]} hydra.sweep.dir=$SWEEP_DIR $*"
 "$BIN/fedbench" -m experiment=privacy_compression "${LAUNCH[@]}" "hydra.sweep.dir=$SWEEP_DIR" "$@"
 "$BIN/python" -m fedbench.report "$SWEEP_DIR" --out "$OUT"
-echo "report: $OUT/summary.md"
+"$BIN/python" scripts/privacy_table.py "$SWEEP_DIR" --out "$OUT/privacy_table.md"
+echo "report: $OUT/summary.md, $OUT/privacy_table.md"

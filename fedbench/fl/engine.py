@@ -22,6 +22,11 @@ update into the base weights): when ``method.server_protocol(model, state)`` ret
 :class:`~fedbench.contracts.ServerProtocol`, the engine calls its ``downlink`` and
 ``aggregate`` instead of its own two steps, and checkpoints its ``state_dict()`` under
 ``method/``.
+
+Privacy (``privacy=``, :mod:`fedbench.fl.privacy`): under an active mechanism each client sends
+its change, passed through ``privacy.client`` (clip; for local DP also noise) before encoding;
+``privacy.aggregate`` turns the accepted updates into one noised average for the strategy (central
+DP) or leaves them to it (local DP); every row records ``privacy.epsilon(round)``.
 """
 
 from __future__ import annotations
