@@ -213,12 +213,17 @@ class RunSpec:
     quiet: bool = False
     rng: str = "paired"
     checkpoint_keep: int = 2
+    privacy: Any = None  # fedbench.fl.privacy (validate sets it; None reads as privacy=none)
 
     @functools.cached_property
     def config_hash(self) -> str:
         """Computed once per spec: the run asks for it at every checkpoint."""
         return config_hash(self.resolved)
 
+
+# Groups added after run folders existed, and the option such folders ran with: a config that
+# lacks the group means that option, and that option at its defaults is left out of the identity.
+LATER_GROUPS = {"privacy": "none"}
 
 # How a run is executed, not what it computes: left out of its identity.
 EXECUTION_KEYS = ("threads", "resume", "checkpoint_every", "checkpoint_keep", "quiet")
@@ -242,6 +247,8 @@ def canonical(resolved: dict) -> dict:
     ident = {k: v for k, v in resolved.items() if k not in EXECUTION_KEYS}
     # Configs recorded before ``rng`` existed ran on the tutorial's single stream.
     ident.setdefault("rng", "tutorial")
+    # Configs recorded before ``privacy`` existed ran without it: privacy=none at its defaults
+    # is left out of the identity (below), so their hash stays what it was.
     if isinstance(ident.get("fl"), dict):
         ident["fl"] = _non_default(ident["fl"], FLConfig)
     for key in CONFIG_GROUPS:
@@ -259,6 +266,9 @@ def canonical(resolved: dict) -> dict:
             ident[head] = {**ident[head], side: slim}
         else:
             ident[head] = slim
+    for key, default in LATER_GROUPS.items():
+        if ident.get(key) == {"_target_": registry.entry(key, default).target}:
+            del ident[key]
     return ident
 
 
@@ -331,7 +341,7 @@ def validate(cfg: DictConfig | dict) -> RunSpec:
     except OmegaConfBaseException as exc:
         raise ConfigError(str(getattr(exc, "full_key", "config")), str(exc).splitlines()[0]) from None
     settings_keys = [f.name for f in dataclasses.fields(RunSettings)]
-    allowed_top = {*settings_keys, "fl", "compression", *COMPONENT_GROUPS}
+    allowed_top = {*settings_keys, "fl", "compression", *COMPONENT_GROUPS, *LATER_GROUPS}
     for key in resolved:
         if key not in allowed_top:
             raise ConfigError(key, f"unknown key; known top-level keys: {', '.join(sorted(allowed_top))}")
@@ -354,7 +364,11 @@ def validate(cfg: DictConfig | dict) -> RunSpec:
             f"{type(down).__name__} sends changes against per-receiver "
             "state, which the downlink does not keep; use none, fp16, bf16 or int8",
         )
-    # Cross-component checks (e.g. the model's classes cover the data's labels), before training.
+    for key, default in LATER_GROUPS.items():
+        section = resolved.get(key, {"_target_": registry.entry(key, default).target})
+        comps[key] = instantiate(section, key)
+    # Cross-component checks (e.g. the model's classes cover the data's labels; privacy=central
+    # refuses a median), before training.
     for c in comps.values():
         c.check_compatible(comps, fl)
     return RunSpec(

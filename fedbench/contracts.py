@@ -1,4 +1,5 @@
-"""The plug-in contracts: what a model, method, dataset, strategy or codec offers the engine.
+"""The plug-in contracts: what a model, method, dataset, strategy, codec or privacy mechanism
+offers the engine.
 
 Every component is a dataclass registered with :func:`fedbench.registry.register`; its fields are
 its settings and their defaults (the only place they live), and it derives from one of the base
@@ -103,6 +104,11 @@ class Method(Component):
         default (encode the global payload; the strategy averages the decoded updates)."""
         return None
 
+    def has_server_protocol(self) -> bool:
+        """Whether :meth:`server_protocol` will return a protocol, known from the settings alone
+        (so that a combination it cannot run is refused before any model is built)."""
+        return False
+
     def peft_adapter(self, model: nn.Module) -> tuple[dict, dict[str, torch.Tensor]] | None:
         """The trained method in PEFT's format, ``(adapter_config, adapter tensors)`` with PEFT's
         key names, or None when PEFT has no counterpart. Used by :mod:`fedbench.peft_export`."""
@@ -187,10 +193,44 @@ class Codec(Component, Stateful):
         raise NotImplementedError
 
 
+class Privacy(Component, Stateful):
+    """A privacy mechanism (``privacy=``): what a client does to its change before encoding it,
+    what the server does with the decoded changes, and the accounting of what that releases.
+
+    ``sends_change``: under this mechanism every client sends its change ``w_k - w_start`` (after
+    :meth:`client`), whatever the codec; False (``privacy=none``) leaves the engine untouched.
+    The engine calls :meth:`client` for each reporting client, then :meth:`aggregate` once per
+    round, then reads :meth:`epsilon`; :meth:`summary` goes into ``summary.json``.
+    """
+
+    sends_change: ClassVar[bool] = False
+
+    def client(self, change: Payload, round: int, client: int, streams: Any) -> tuple[Payload, Message]:
+        """(the change to encode, side information sent beside it, counted as uplink bytes)."""
+        return change, {}
+
+    def aggregate(
+        self, start: Payload, updates: list[tuple[int, int, Payload]], round: int, streams: Any
+    ) -> Payload | None:
+        """From ``(client, samples, update)`` triples (updates are weights, ``start`` + decoded
+        change): the one pseudo-update the strategy aggregates in place of the clients' updates,
+        or None to let the strategy aggregate the clients' updates as usual."""
+        return None
+
+    def epsilon(self, round: int) -> float:
+        """Cumulative epsilon after ``round`` rounds (NaN: no accounting)."""
+        return float("nan")
+
+    def summary(self, round: int) -> dict:
+        """What ``summary.json`` records under ``privacy`` (empty: nothing)."""
+        return {}
+
+
 GROUP_BASES: dict[str, type] = {
     "model": ModelConfig,
     "method": Method,
     "data": DataConfig,
     "strategy": Strategy,
     "codec": Codec,
+    "privacy": Privacy,
 }

@@ -42,6 +42,7 @@ OWN_PACKAGES = (
     "fedbench.data",
     "fedbench.fl.strategies",
     "fedbench.fl.comm",
+    "fedbench.fl.privacy",
 )
 # Config keys of a run that name a component, and the registry group each draws from.
 CONFIG_GROUPS = {
@@ -51,6 +52,7 @@ CONFIG_GROUPS = {
     "strategy": "strategy",
     "compression.up": "codec",
     "compression.down": "codec",
+    "privacy": "privacy",
 }
 SCHEMA_ROOT = "fedbench"  # structured configs live under /fedbench/<group>/<name>
 
@@ -146,6 +148,12 @@ def load() -> None:
 def entries(group: str | None = None) -> list[Entry]:
     load()
     return [e for e in _entries.values() if group is None or e.group == group]
+
+
+def entry(group: str, name: str) -> Entry:
+    """The component registered as ``<group>=<name>``."""
+    load()
+    return _by_name[(group, name)]
 
 
 def lookup(target: object, key: str) -> Entry:

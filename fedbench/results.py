@@ -8,7 +8,7 @@ it also holds ``client_metrics.csv`` (appended at every evaluation) and
 
 Rounds that are not evaluated (``fl.eval_every``) have ``accuracy``, ``test_loss`` and the
 ``client_acc_*`` columns NaN; the ``client_acc_*`` columns are NaN in every row without
-per-client evaluation.
+per-client evaluation, ``epsilon`` in every row of a run without privacy accounting.
 """
 
 from __future__ import annotations
@@ -47,6 +47,7 @@ COLUMNS = [
     "clients",
     "reported",
     "rejected",
+    "epsilon",
     "trainable_params",
     "wall_s",
     "elapsed_s",
@@ -55,7 +56,9 @@ COLUMNS = [
 # The per-client evaluation columns (fedbench.fl.client_eval): a row of a run without per-client
 # splits lacks them and they are recorded as NaN.
 CLIENT_COLUMNS = ("client_acc_mean", "client_acc_std", "client_acc_p10", "client_acc_min")
-OPTIONAL_COLUMNS = frozenset(CLIENT_COLUMNS)
+# ``epsilon``: cumulative privacy loss at privacy.delta after the round (fedbench.fl.privacy);
+# NaN under privacy=none and in run folders written before privacy existed, inf without noise.
+OPTIONAL_COLUMNS = frozenset((*CLIENT_COLUMNS, "epsilon"))
 INT_COLUMNS = {
     "round",
     "bytes_up",

@@ -350,6 +350,9 @@ def _execute(
             "wall_s": writer.rows[-1]["elapsed_s"] if writer.rows else 0.0,
             "config": spec.resolved,
         }
+        privacy = engine.privacy.summary(engine.round)
+        if privacy:  # privacy=none records nothing
+            summary["privacy"] = privacy
         client_writer.finish()
         rows = writer.finish(summary)
     return rows

@@ -86,6 +86,7 @@ MLP_THREE_CLIENTS = [
 def engine_for(spec, data, model, state, engine_cls=None):
     """An engine (the exact one unless ``engine_cls``) over a built run, with the spec's parts."""
     from fedbench.fl.engine import Engine
+    from fedbench.fl.privacy import NoPrivacy
     from fedbench.rng import Streams
 
     return (engine_cls or Engine)(
@@ -98,6 +99,7 @@ def engine_for(spec, data, model, state, engine_cls=None):
         codec_down=spec.compression_down,
         method=spec.method,
         streams=Streams(spec.rng, spec.seed),
+        privacy=spec.privacy if spec.privacy is not None else NoPrivacy(),
     )
 
 

@@ -27,6 +27,7 @@ GROUP_DIRS = {
     "data": ["data"],
     "strategy": ["strategy"],
     "codec": ["compression/up", "compression/down"],
+    "privacy": ["privacy"],
 }
 
 

@@ -22,6 +22,11 @@ update into the base weights): when ``method.server_protocol(model, state)`` ret
 :class:`~fedbench.contracts.ServerProtocol`, the engine calls its ``downlink`` and
 ``aggregate`` instead of its own two steps, and checkpoints its ``state_dict()`` under
 ``method/``.
+
+Privacy (``privacy=``, :mod:`fedbench.fl.privacy`): under an active mechanism each client sends
+its change, passed through ``privacy.client`` (clip; for local DP also noise) before encoding;
+``privacy.aggregate`` turns the accepted updates into one noised average for the strategy (central
+DP) or leaves them to it (local DP); every row records ``privacy.epsilon(round)``.
 """
 
 from __future__ import annotations
@@ -38,7 +43,7 @@ import torch
 from torch import nn
 
 from fedbench.config import FLConfig
-from fedbench.contracts import Codec, Method, Stateful, Strategy
+from fedbench.contracts import Codec, Method, Privacy, Stateful, Strategy
 from fedbench.data import FederatedData
 from fedbench.errors import ConfigError
 from fedbench.fl.client_eval import ClientEvaluator, empty_summary
@@ -47,6 +52,7 @@ from fedbench.fl.faults import FaultPlan
 from fedbench.fl.local import evaluate, shuffled_order, train_client
 from fedbench.fl.mlp_step import fast_step
 from fedbench.fl.optim import FlatAdamW
+from fedbench.fl.privacy import NoPrivacy
 from fedbench.fl.state import FlatParams, Payload
 from fedbench.rng import Streams
 
@@ -89,6 +95,8 @@ class Engine:
     on_client: Callable[[int, int, int], None] | None = None
     # The run's random streams (rng=tutorial|paired, and its seed).
     streams: Streams = field(default_factory=lambda: Streams("tutorial", 0))
+    # Client-level differential privacy (fedbench.fl.privacy); privacy=none changes nothing.
+    privacy: Privacy = field(default_factory=NoPrivacy)
 
     def __post_init__(self) -> None:
         if self.codec_down.delta:
@@ -98,6 +106,12 @@ class Engine:
                 "which the downlink does not keep; use none, fp16, bf16 or int8",
             )
         self.protocol = self.method.server_protocol(self.model, self.state)
+        if self.protocol is not None and self.privacy.sends_change:
+            raise ConfigError(
+                "privacy",
+                f"{type(self.method).__name__} aggregates with its own server protocol, which "
+                "privacy does not clip or noise; use another aggregation",
+            )
         self.opt = FlatAdamW(
             self.state.flat, self.state.grad, lr=self.fl.lr, weight_decay=self.fl.weight_decay
         )
@@ -197,19 +211,25 @@ class Engine:
         mu = float(self.strategy.proximal_mu)
 
         updates: list[tuple[int, Payload]] = []
+        accepted: list[int] = []
+        # Under privacy every client sends its (clipped) change, whatever the codec.
+        sends_change = self.codec_up.delta or self.privacy.sends_change
         bytes_up, loss_sum, sample_sum, reported, rejected, nonfinite = 0, 0.0, 0, 0, 0, 0
         for i, cid, n, payload, loss in self.train_clients(selected, start, mu, rnd):
             if self.on_client is not None:  # a dropped client trained too
                 self.on_client(rnd, i + 1, len(selected))
             if drops is not None and drops[i]:
                 continue  # trained, but the update never arrives: no uplink bytes
-            if self.codec_up.delta:
+            if sends_change:
                 payload = {k: v - start[k] for k, v in payload.items()}
+            if self.privacy.sends_change:  # clip (and, for local DP, noise) before encoding
+                payload, side = self.privacy.client(payload, rnd, cid, self.streams)
+                bytes_up += message_bytes(side)
             up_message = self.codec_up.encode(payload, key=cid)
             bytes_up += message_bytes(up_message)
             reported += 1
             update = self.codec_up.decode(up_message, key=cid)
-            if self.codec_up.delta:
+            if sends_change:
                 update = {
                     k: start[k] + v if k in start and v.shape == start[k].shape else v
                     for k, v in update.items()
@@ -222,11 +242,18 @@ class Engine:
                 log.warning("round %d: rejected the update of client %d: %s", rnd, cid, reason)
                 continue
             updates.append((n, update))
+            accepted.append(cid)
             loss_sum += loss * n
             sample_sum += n
 
         all_nonfinite = reported > 0 and nonfinite == reported
-        if updates and self.protocol is not None:
+        # Central DP: one noised average of the clipped changes (released even if none arrived).
+        noised = self.privacy.aggregate(
+            start, [(c, n, u) for c, (n, u) in zip(accepted, updates)], rnd, self.streams
+        )
+        if noised is not None:
+            self.global_payload = self.strategy.aggregate(self.global_payload, [(1, noised)])
+        elif updates and self.protocol is not None:
             self.global_payload = self.protocol.aggregate(
                 self.global_payload, updates, self.strategy, self.codec_down, rnd
             )
@@ -259,6 +286,7 @@ class Engine:
             "clients": len(selected),
             "reported": reported,
             "rejected": rejected,
+            "epsilon": self.privacy.epsilon(rnd),
             "selected": " ".join(map(str, selected)),
             "trainable_params": self.state.numel,
             "wall_s": time.perf_counter() - t0,
@@ -277,7 +305,12 @@ class Engine:
 
     # -- checkpointing ---------------------------------------------------------------------
     def _stateful(self) -> tuple[tuple[str, Stateful], ...]:
-        parts = (("strategy", self.strategy), ("codec_up", self.codec_up), ("codec_down", self.codec_down))
+        parts = (
+            ("strategy", self.strategy),
+            ("codec_up", self.codec_up),
+            ("codec_down", self.codec_down),
+            ("privacy", self.privacy),
+        )
         return parts if self.protocol is None else (*parts, ("method", self.protocol))
 
     def state_dict(self) -> tuple[dict[str, torch.Tensor], dict]:

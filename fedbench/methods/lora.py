@@ -83,6 +83,9 @@ class LoRA(Method):
             n for n, _ in model.named_parameters() if n.rpartition(".")[2] in factors or is_head(model, n)
         ]
 
+    def has_server_protocol(self) -> bool:
+        return self.aggregation == "exact"
+
     def server_protocol(self, model: nn.Module, state):
         if self.aggregation == "exact":
             from fedbench.methods.lora_exact import ExactLoRA

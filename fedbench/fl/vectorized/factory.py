@@ -10,6 +10,7 @@ from fedbench.errors import ConfigError
 from fedbench.fl.engine import Engine
 from fedbench.fl.faults import FaultPlan
 from fedbench.fl.feature_cache import cache_features, why_not_cacheable
+from fedbench.fl.privacy import NoPrivacy
 from fedbench.fl.state import FlatParams
 from fedbench.fl.vectorized.engine import VectorizedEngine
 from fedbench.rng import Streams
@@ -46,4 +47,5 @@ def make_engine(spec, model: nn.Module, state: FlatParams, data, faults=None) ->
         faults=faults if faults is not None else FaultPlan.from_config(fl.faults),
         method=spec.method,
         streams=Streams(spec.rng, spec.seed),
+        privacy=spec.privacy if spec.privacy is not None else NoPrivacy(),
     )
