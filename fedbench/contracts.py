@@ -22,6 +22,7 @@ a method the architecture cannot host) are one line before any work.
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 
 if TYPE_CHECKING:  # the contracts stay importable without torch
@@ -218,8 +219,10 @@ class Privacy(Component, Stateful):
         return None
 
     def epsilon(self, round: int) -> float:
-        """Cumulative epsilon after ``round`` rounds (NaN: no accounting)."""
-        return float("nan")
+        """Cumulative epsilon after ``round`` rounds (NaN: no accounting). The one ``math.nan``
+        object, as the run-folder reader fills a missing column, so that rows of two runs
+        without accounting compare equal as dicts (NaN == NaN is false; identity is not)."""
+        return math.nan
 
     def summary(self, round: int) -> dict:
         """What ``summary.json`` records under ``privacy`` (empty: nothing)."""
