@@ -36,8 +36,12 @@ def human_bytes(n: float) -> str:
 
 
 def _log_round(row: dict, spec: RunSpec) -> None:
+    sim = row.get("sim_time_s", float("nan"))
+    clock = "" if sim != sim else f"  sim {sim:.1f}s"  # the simulated clock (system=)
+    if row.get("stragglers"):
+        clock += f" ({row['stragglers']} late)"
     log.info(
-        "round %*d/%d  acc %.4f  test_loss %.4f  train_loss %.4f  up %s  down %s  total %s  %.2fs",
+        "round %*d/%d  acc %.4f  test_loss %.4f  train_loss %.4f  up %s  down %s  total %s  %.2fs%s",
         len(str(spec.fl.num_rounds)),
         row["round"],
         spec.fl.num_rounds,
@@ -48,6 +52,7 @@ def _log_round(row: dict, spec: RunSpec) -> None:
         human_bytes(row["bytes_down"]),
         human_bytes(row["cum_bytes"]),
         row["wall_s"],
+        clock,
     )
 
 

@@ -23,6 +23,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from fedbench import registry
 from fedbench.errors import ConfigError
+from fedbench.fl.wire import ENTROPY, Wire
 from fedbench.registry import CONFIG_GROUPS, check_choices, choice, describe_fields
 
 __all__ = [
@@ -214,6 +215,8 @@ class RunSpec:
     rng: str = "paired"
     checkpoint_keep: int = 2
     privacy: Any = None  # fedbench.fl.privacy (validate sets it; None reads as privacy=none)
+    system: Any = None  # fedbench.fl.system (validate sets it; None reads as system=none)
+    entropy: str = "none"  # compression.entropy: also measure each message's zstd size
 
     @functools.cached_property
     def config_hash(self) -> str:
@@ -223,7 +226,7 @@ class RunSpec:
 
 # Groups added after run folders existed, and the option such folders ran with: a config that
 # lacks the group means that option, and that option at its defaults is left out of the identity.
-LATER_GROUPS = {"privacy": "none"}
+LATER_GROUPS = {"privacy": "none", "system": "none"}
 
 # How a run is executed, not what it computes: left out of its identity.
 EXECUTION_KEYS = ("threads", "resume", "checkpoint_every", "checkpoint_keep", "quiet")
@@ -269,6 +272,10 @@ def canonical(resolved: dict) -> dict:
     for key, default in LATER_GROUPS.items():
         if ident.get(key) == {"_target_": registry.entry(key, default).target}:
             del ident[key]
+    # compression.entropy (added later) at its default "none" is left out likewise.
+    comp = ident.get("compression")
+    if isinstance(comp, dict) and comp.get("entropy", "none") == "none" and "entropy" in comp:
+        ident["compression"] = {k: v for k, v in comp.items() if k != "entropy"}
     return ident
 
 
@@ -354,8 +361,13 @@ def validate(cfg: DictConfig | dict) -> RunSpec:
     fl = _merge_into(FLConfig, resolved["fl"], "fl")
     comps = {k: instantiate(resolved[k], k) for k in COMPONENT_GROUPS}
     comp = resolved["compression"]
-    if not isinstance(comp, dict) or set(comp) != {"up", "down"}:
-        raise ConfigError("compression", "must have exactly the keys 'up' and 'down'")
+    if not isinstance(comp, dict) or not {"up", "down"} <= set(comp) <= {"up", "down", "entropy"}:
+        raise ConfigError("compression", "must have the keys 'up' and 'down' (and optionally 'entropy')")
+    entropy = comp.get("entropy", "none")
+    if entropy not in ENTROPY:
+        raise ConfigError("compression.entropy", f"must be one of: {', '.join(ENTROPY)}", entropy)
+    if entropy == "zstd":
+        Wire(entropy)  # a missing zstandard package is refused here, before the run
     up = instantiate(comp["up"], "compression.up")
     down = instantiate(comp["down"], "compression.down")
     if down.delta:
@@ -382,6 +394,7 @@ def validate(cfg: DictConfig | dict) -> RunSpec:
         fl=fl,
         compression_up=up,
         compression_down=down,
+        entropy=entropy,
         resolved=resolved,
         **comps,
     )

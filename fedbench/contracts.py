@@ -89,6 +89,11 @@ class ModelConfig(Component):
         """How many blocks :meth:`FedModel.block_names` will list."""
         raise NotImplementedError
 
+    def linear_width(self) -> int | None:
+        """The narrowest width (in or out) of the backbone's Linear layers, known from the
+        settings (a LoRA rank above it adds nothing and is refused); None: not known."""
+        return None
+
 
 class Method(Component):
     """A fine-tuning method. It does not know about rounds; it marks what trains."""
@@ -100,9 +105,13 @@ class Method(Component):
         """Names of the parameters that train and are communicated, in ``named_parameters`` order."""
         raise NotImplementedError
 
-    def server_protocol(self, model: nn.Module, state: FlatParams) -> ServerProtocol | None:
+    def server_protocol(
+        self, model: nn.Module, state: FlatParams, population: Population | None = None
+    ) -> ServerProtocol | None:
         """How the server sends and aggregates this method's state, or None for the engine's
-        default (encode the global payload; the strategy averages the decoded updates)."""
+        default (encode the global payload; the strategy averages the decoded updates).
+        ``population``: the clients (how many, the run's seed, their links), for methods whose
+        clients differ (heterogeneous LoRA ranks)."""
         return None
 
     def has_server_protocol(self) -> bool:
@@ -116,19 +125,25 @@ class Method(Component):
         return None
 
 
-class ServerProtocol(Protocol):
+class ServerProtocol:
     """A method's own server side (e.g. exact LoRA aggregation merges the mean update into the
-    base weights). The engine calls these instead of its default downlink and aggregation, and
-    checkpoints its state (as :class:`Stateful`)."""
+    base weights; heterogeneous LoRA ranks send each client its own slice). The engine calls
+    :meth:`downlink` and :meth:`aggregate` instead of its default two steps, :meth:`to_wire` /
+    :meth:`from_wire` around each uplink message, evaluates inside :meth:`evaluation`, and
+    checkpoints the protocol's state (as :class:`Stateful`). Defaults: nothing extra."""
 
-    def state_dict(self) -> tuple[dict[str, torch.Tensor], dict]: ...
+    def state_dict(self) -> tuple[dict[str, torch.Tensor], dict]:
+        return {}, {}
 
-    def load_state_dict(self, tensors: dict[str, torch.Tensor], meta: dict) -> None: ...
+    def load_state_dict(self, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+        """Restore what :meth:`state_dict` returned."""
 
     def downlink(
-        self, global_payload: Payload, codec: Codec, selected: list[int], round: int
-    ) -> tuple[Payload, int]:
-        """(the payload each selected client starts from, bytes sent down in total)."""
+        self, global_payload: Payload, codec: Codec, selected: list[int], round: int, wire: Any
+    ) -> tuple[list[Payload], list[Any]]:
+        """(the payload each selected client starts from, the :class:`~fedbench.fl.wire.Sizes`
+        of what each was sent), both aligned with ``selected``."""
+        raise NotImplementedError
 
     def aggregate(
         self,
@@ -137,11 +152,33 @@ class ServerProtocol(Protocol):
         strategy: Strategy,
         codec: Codec,
         round: int,
+        clients: list[int],
+        wire: Any,
     ) -> Payload:
-        """The next global payload from ``(samples, decoded update)`` pairs."""
+        """The next global payload from ``(samples, decoded update)`` pairs of ``clients``."""
+        raise NotImplementedError
+
+    def to_wire(self, payload: Payload, client: int) -> Payload:
+        """What ``client`` sends of its trained payload (default: all of it)."""
+        return payload
+
+    def from_wire(self, payload: Payload, client: int) -> Payload:
+        """A decoded uplink payload back in the global layout (default: as it is)."""
+        return payload
+
+    def evaluation(self):
+        """A context in which the live model is the global model (default: it already is)."""
+        import contextlib
+
+        return contextlib.nullcontext()
+
+    def row(self) -> dict:
+        """Extra columns for the round's metrics row (e.g. ``merge_rank``)."""
+        return {}
 
     def finite(self) -> bool:
         """False once the protocol's own state (e.g. merged weights) holds non-finite values."""
+        return True
 
 
 class DataConfig(Component):
@@ -229,6 +266,52 @@ class Privacy(Component, Stateful):
         return {}
 
 
+class Link:
+    """One client's link and device (``fedbench.fl.system``): Mbps = 10^6 bits/s."""
+
+    __slots__ = ("down_mbps", "up_mbps", "latency_ms", "compute_scale")
+
+    def __init__(self, down_mbps: float, up_mbps: float, latency_ms: float, compute_scale: float) -> None:
+        self.down_mbps, self.up_mbps = float(down_mbps), float(up_mbps)
+        self.latency_ms, self.compute_scale = float(latency_ms), float(compute_scale)
+
+    def __repr__(self) -> str:
+        return (
+            f"Link(down_mbps={self.down_mbps}, up_mbps={self.up_mbps}, "
+            f"latency_ms={self.latency_ms}, compute_scale={self.compute_scale})"
+        )
+
+
+class System(Component):
+    """The simulated system (``system=``): each client's link and device, for the clock.
+
+    ``active = False`` (``system=none``): no clock; rows' ``sim_*`` columns are NaN. Otherwise
+    :meth:`link` gives client ``client``'s :class:`Link`, a pure function of (seed, client), so
+    a population of any size costs nothing until a client is asked for. ``device_gflops`` is the
+    reference device's training speed (FLOP/s / 1e9), scaled per client by ``compute_scale``;
+    ``deadline_s`` (null: none) drops the clients that cannot finish a round in time.
+    """
+
+    active: ClassVar[bool] = False
+    device_gflops: float = 0.0
+    deadline_s: float | None = None
+
+    def link(self, client: int, seed: int) -> Link:
+        raise NotImplementedError
+
+
+class Population:
+    """The clients a run draws from: how many, the run's seed, and their system (links)."""
+
+    def __init__(self, num_clients: int, seed: int, system: System | None = None) -> None:
+        self.num_clients, self.seed, self.system = int(num_clients), int(seed), system
+
+    def link(self, client: int) -> Link | None:
+        if self.system is None or not self.system.active:
+            return None
+        return self.system.link(client, self.seed)
+
+
 GROUP_BASES: dict[str, type] = {
     "model": ModelConfig,
     "method": Method,
@@ -236,4 +319,5 @@ GROUP_BASES: dict[str, type] = {
     "strategy": Strategy,
     "codec": Codec,
     "privacy": Privacy,
+    "system": System,
 }

@@ -43,6 +43,7 @@ OWN_PACKAGES = (
     "fedbench.fl.strategies",
     "fedbench.fl.comm",
     "fedbench.fl.privacy",
+    "fedbench.fl.system",
 )
 # Config keys of a run that name a component, and the registry group each draws from.
 CONFIG_GROUPS = {
@@ -53,6 +54,7 @@ CONFIG_GROUPS = {
     "compression.up": "codec",
     "compression.down": "codec",
     "privacy": "privacy",
+    "system": "system",
 }
 SCHEMA_ROOT = "fedbench"  # structured configs live under /fedbench/<group>/<name>
 

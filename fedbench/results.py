@@ -44,9 +44,18 @@ COLUMNS = [
     "cum_bytes_up",
     "cum_bytes_down",
     "cum_bytes",
+    "wire_bytes_up",
+    "wire_bytes_down",
+    "cum_wire_bytes",
+    "zstd_bytes_up",
+    "zstd_bytes_down",
     "clients",
     "reported",
     "rejected",
+    "stragglers",
+    "sim_round_s",
+    "sim_time_s",
+    "merge_rank",
     "epsilon",
     "trainable_params",
     "wall_s",
@@ -58,7 +67,15 @@ COLUMNS = [
 CLIENT_COLUMNS = ("client_acc_mean", "client_acc_std", "client_acc_p10", "client_acc_min")
 # ``epsilon``: cumulative privacy loss at privacy.delta after the round (fedbench.fl.privacy);
 # NaN under privacy=none and in run folders written before privacy existed, inf without noise.
-OPTIONAL_COLUMNS = frozenset((*CLIENT_COLUMNS, "epsilon"))
+# ``wire_bytes_*`` (float: NaN in rows of run folders written before wire sizes): each message as a
+# safetensors file; ``zstd_bytes_*``: that file after zstd (NaN unless compression.entropy=zstd);
+# ``stragglers``: clients past system.deadline_s; ``sim_round_s``/``sim_time_s``: the simulated
+# clock (NaN under system=none); ``merge_rank``: exact LoRA's stacked rank (NaN otherwise).
+WIRE_COLUMNS = ("wire_bytes_up", "wire_bytes_down", "cum_wire_bytes", "zstd_bytes_up", "zstd_bytes_down")
+SYSTEM_COLUMNS = ("sim_round_s", "sim_time_s", "merge_rank")
+OPTIONAL_COLUMNS = frozenset((*CLIENT_COLUMNS, "epsilon", *WIRE_COLUMNS, *SYSTEM_COLUMNS))
+# Columns that rows of older run folders lack, with the value that is true for those rows.
+LEGACY_DEFAULTS = {"stragglers": 0}
 INT_COLUMNS = {
     "round",
     "bytes_up",
@@ -69,6 +86,7 @@ INT_COLUMNS = {
     "clients",
     "reported",
     "rejected",
+    "stragglers",
     "trainable_params",
 }
 CLIENTS_CSV = "clients.csv"
@@ -157,7 +175,10 @@ def frame(rows: list[dict]) -> pd.DataFrame:
     """Metrics rows as a DataFrame with the contract's columns."""
     import pandas as pd
 
-    return pd.DataFrame(rows, columns=COLUMNS)
+    df = pd.DataFrame(rows, columns=COLUMNS)
+    # the types metrics.parquet has (wire sizes are float64 there: NaN in older folders' rows)
+    floats = [c for c in COLUMNS if c not in INT_COLUMNS and c != "selected"]
+    return df.astype(dict.fromkeys(floats, "float64")) if rows else df
 
 
 class MetricsWriter:
@@ -182,12 +203,28 @@ class MetricsWriter:
         return None if self.out_dir is None else self.out_dir / METRICS_CSV
 
     def append(self, row: dict) -> dict:
-        prev = self.rows[-1] if self.rows else {"cum_bytes_up": 0, "cum_bytes_down": 0, "elapsed_s": 0.0}
+        prev = (
+            self.rows[-1]
+            if self.rows
+            else {
+                "cum_bytes_up": 0,
+                "cum_bytes_down": 0,
+                "elapsed_s": 0.0,
+                "cum_wire_bytes": 0,
+                "sim_time_s": 0.0,
+            }
+        )
         row = dict(row)
         row["cum_bytes_up"] = prev["cum_bytes_up"] + row["bytes_up"]
         row["cum_bytes_down"] = prev["cum_bytes_down"] + row["bytes_down"]
         row["cum_bytes"] = row["cum_bytes_up"] + row["cum_bytes_down"]
         row["elapsed_s"] = prev["elapsed_s"] + row["wall_s"]
+        if "wire_bytes_up" in row:
+            row["cum_wire_bytes"] = _plus(
+                prev["cum_wire_bytes"], row["wire_bytes_up"] + row["wire_bytes_down"]
+            )
+        if "sim_round_s" in row:
+            row["sim_time_s"] = _plus(prev["sim_time_s"], row["sim_round_s"])
         row = {k: row[k] if k in row or k not in OPTIONAL_COLUMNS else math.nan for k in COLUMNS}
         self.rows.append(row)
         if self.out_dir is not None:
@@ -210,6 +247,11 @@ class MetricsWriter:
             write_parquet_atomic(self.rows, self.out_dir / METRICS_PARQUET)
             atomic_write_json(self.out_dir / SUMMARY_JSON, summary)
         return self.rows
+
+
+def _plus(a: float, b: float) -> float:
+    """a + b, or the one ``math.nan`` when either is NaN (so rows compare equal as dicts)."""
+    return math.nan if a != a or b != b else a + b
 
 
 def _csv_row(row: dict) -> dict:

@@ -7,6 +7,7 @@ import csv
 import datetime as _dt
 import json
 import logging
+import math
 import random
 import signal
 import threading
@@ -31,6 +32,7 @@ from fedbench.registry import CONFIG_GROUPS
 from fedbench.results import (
     COLUMNS,
     INT_COLUMNS,
+    LEGACY_DEFAULTS,
     METRICS_CSV,
     METRICS_PARQUET,
     OPTIONAL_COLUMNS,
@@ -153,6 +155,12 @@ def _read_rows(out: Path, up_to_round: int) -> list[dict]:
     )
 
 
+def _float(text: str) -> float:
+    """A CSV value as a float; NaN as the one ``math.nan`` (rows then compare equal as dicts)."""
+    value = float(text)
+    return math.nan if value != value else value
+
+
 def _parse_rows(csv_path: Path, up_to_round: int) -> list[dict]:
     rows = []
     with open(csv_path, newline="", encoding="utf-8") as fh:
@@ -160,11 +168,13 @@ def _parse_rows(csv_path: Path, up_to_round: int) -> list[dict]:
             row = {}
             for k in COLUMNS:
                 v = raw.get(k)
+                if v is None and k in LEGACY_DEFAULTS:  # a folder from before the column
+                    v = str(LEGACY_DEFAULTS[k])
                 if v is None and k in OPTIONAL_COLUMNS:  # a folder from before per-client eval
                     v = "nan"
                 if v is None:
                     raise ValueError(f"round row {len(rows) + 1} has no {k!r}")
-                row[k] = v if k == "selected" else (int(v) if k in INT_COLUMNS else float(v))
+                row[k] = v if k == "selected" else (int(v) if k in INT_COLUMNS else _float(v))
             if row["round"] <= up_to_round:
                 rows.append(row)
     if [r["round"] for r in rows] != list(range(1, len(rows) + 1)):

@@ -11,6 +11,7 @@ from fedbench.config import ConfigError, config_hash, validate
 from fedbench.fl.comm import NoCompression
 from fedbench.fl.engine import Engine
 from fedbench.fl.strategies import FedAvg, Median
+from fedbench.fl.wire import Wire
 from fedbench.methods.lora import LoRALinear
 from fedbench.methods.lora_exact import ExactLoRA
 from fedbench.run import build, run, set_threads
@@ -109,25 +110,26 @@ def test_exact_unit_with_known_factors():
     glob = state.snapshot()
     ups = [(n, {k: torch.randn(v.shape, generator=g) for k, v in glob.items()}) for n in (10, 30, 60)]
     before = {n: m.base.weight.detach().clone() for n, m in _layers(model)}
-    new = proto.aggregate(glob, ups, FedAvg(), NoCompression(), rnd=1)
+    new = proto.aggregate(glob, ups, FedAvg(), NoCompression(), rnd=1, clients=[0, 1, 2], wire=Wire())
     for name, mod in _layers(model):
         dense = _dense_mean([u for _, u in ups], [10, 30, 60], name, mod.scale)
         torch.testing.assert_close((mod.base.weight - before[name]).t().double(), dense, rtol=1e-5, atol=1e-6)
     assert list(new) == state.names
     # K r (in + out) float32 values per layer in the merge message
-    assert proto.merge_bytes == [
+    assert [s.payload for s in proto.merge_sizes] == [
         sum(3 * spec.method.rank * (m.lora_A.shape[0] + m.lora_B.shape[1]) * 4 for _, m in _layers(model))
     ]
 
 
 def _catch_up_bytes(df, merge):
     """bytes_down per round from the selections: head to each selected client + every merge
-    message it has not received yet."""
+    message it has not received yet, or the dense change when that is smaller."""
+    dense = sum(i * o for i, o in DIMS) * 4
     last, out = {}, []
     for t, sel in enumerate(df["selected"], start=1):
         total = 0
         for c in map(int, sel.split()):
-            total += HEAD * 4 + sum(merge[last.get(c, 0) : t - 1])
+            total += HEAD * 4 + min(sum(merge[last.get(c, 0) : t - 1]), dense)
             last[c] = t - 1
         out.append(total)
     return out
@@ -175,7 +177,9 @@ def test_naive_is_the_default_and_unchanged():
 
 
 def test_bad_aggregation_is_refused(tmp_path):
-    with pytest.raises(ConfigError, match="^method.aggregation='mean': must be one of: naive, ffa, exact"):
+    with pytest.raises(
+        ConfigError, match="^method.aggregation='mean': must be one of: naive, ffa, exact, hetlora, flexlora"
+    ):
         validate(compose_cfg(["method.aggregation=mean"]))
     res = run_cli(["method.aggregation=mean"], cwd=tmp_path)
     assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1

@@ -31,8 +31,10 @@ DP) or leaves them to it (local DP); every row records ``privacy.epsilon(round)`
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
+import math
 import random
 import time
 from collections.abc import Callable, Iterator
@@ -43,17 +45,18 @@ import torch
 from torch import nn
 
 from fedbench.config import FLConfig
-from fedbench.contracts import Codec, Method, Privacy, Stateful, Strategy
+from fedbench.contracts import Codec, Method, Population, Privacy, Stateful, Strategy
 from fedbench.data import FederatedData
 from fedbench.errors import ConfigError
 from fedbench.fl.client_eval import ClientEvaluator, empty_summary
-from fedbench.fl.comm import message_bytes
+from fedbench.fl.clock import Clock
 from fedbench.fl.faults import FaultPlan
 from fedbench.fl.local import evaluate, shuffled_order, train_client
 from fedbench.fl.mlp_step import fast_step
 from fedbench.fl.optim import FlatAdamW
 from fedbench.fl.privacy import NoPrivacy
 from fedbench.fl.state import FlatParams, Payload
+from fedbench.fl.wire import Sizes, Wire, merge, total
 from fedbench.rng import Streams
 
 log = logging.getLogger("fedbench")
@@ -97,6 +100,12 @@ class Engine:
     streams: Streams = field(default_factory=lambda: Streams("tutorial", 0))
     # Client-level differential privacy (fedbench.fl.privacy); privacy=none changes nothing.
     privacy: Privacy = field(default_factory=NoPrivacy)
+    # Message sizes as sent (fedbench.fl.wire); compression.entropy=zstd measures zstd sizes too.
+    wire: Wire = field(default_factory=Wire)
+    # The simulated clock (system=, fedbench.fl.clock); None: system=none, sim_* columns NaN.
+    clock: Clock | None = None
+    # The clients (count, seed, links), for methods whose clients differ (heterogeneous ranks).
+    population: Population | None = None
 
     def __post_init__(self) -> None:
         if self.codec_down.delta:
@@ -105,7 +114,8 @@ class Engine:
                 f"{type(self.codec_down).__name__} sends changes against per-receiver state, "
                 "which the downlink does not keep; use none, fp16, bf16 or int8",
             )
-        self.protocol = self.method.server_protocol(self.model, self.state)
+        population = self.population or Population(self.fl.num_clients, self.streams.seed)
+        self.protocol = self.method.server_protocol(self.model, self.state, population)
         if self.protocol is not None and self.privacy.sends_change:
             raise ConfigError(
                 "privacy",
@@ -168,16 +178,17 @@ class Engine:
     # -- one round -----------------------------------------------------------------------
 
     def train_clients(
-        self, selected: list[int], start: Payload, mu: float, rnd: int
+        self, selected: list[int], starts: list[Payload], mu: float, rnd: int
     ) -> Iterator[tuple[int, int, int, Payload, float]]:
-        """Train each selected client from ``start``, one after another: yields (position in
-        ``selected``, client id, samples, trained payload, mean batch loss) per client, in order.
-        ``mu > 0`` adds FedProx's proximal term. Engines that train differently override this."""
+        """Train each selected client from its start (``starts``, aligned with ``selected``), one
+        after another: yields (position in ``selected``, client id, samples, trained payload, mean
+        batch loss) per client, in order. ``mu > 0`` adds FedProx's proximal term. Engines that
+        train differently override this."""
         start_flat = None
         for i, cid in enumerate(selected):
             x, y = self.data.clients[cid]
-            self.state.load(start)
-            if mu > 0 and start_flat is None:
+            self.state.load(starts[i])
+            if mu > 0 and (start_flat is None or starts[i] is not starts[i - 1]):
                 start_flat = self.state.flat.clone()
             self.opt.reset()
             self.streams.seed_global("train", rnd, cid)  # e.g. dropout layers (paired only)
@@ -204,31 +215,52 @@ class Engine:
         drops = self.dropped(rnd, selected)
         if self.protocol is None:
             down_message = self.codec_down.encode(self.global_payload, key="server")
-            bytes_down = message_bytes(down_message) * len(selected)
             start = self.codec_down.decode(down_message, key="server")
+            starts = [start] * len(selected)
+            down_sizes = [self.wire.sizes(down_message)] * len(selected)
         else:
-            start, bytes_down = self.protocol.downlink(self.global_payload, self.codec_down, selected, rnd)
+            starts, down_sizes = self.protocol.downlink(
+                self.global_payload, self.codec_down, selected, rnd, self.wire
+            )
         mu = float(self.strategy.proximal_mu)
+        entropy = self.wire.entropy != "none"
 
         updates: list[tuple[int, Payload]] = []
         accepted: list[int] = []
+        up_sizes: list[Sizes] = []
+        times, tried = [], []  # simulated ClientTime of the reporting / of every trained client
         # Under privacy every client sends its (clipped) change, whatever the codec.
         sends_change = self.codec_up.delta or self.privacy.sends_change
-        bytes_up, loss_sum, sample_sum, reported, rejected, nonfinite = 0, 0.0, 0, 0, 0, 0
-        for i, cid, n, payload, loss in self.train_clients(selected, start, mu, rnd):
+        loss_sum, sample_sum, reported, rejected, nonfinite, stragglers = 0.0, 0, 0, 0, 0, 0
+        for i, cid, n, payload, loss in self.train_clients(selected, starts, mu, rnd):
             if self.on_client is not None:  # a dropped client trained too
                 self.on_client(rnd, i + 1, len(selected))
             if drops is not None and drops[i]:
+                if self.clock is not None:
+                    tried.append(self.clock.client(cid, n, down_sizes[i].sent, 0))
                 continue  # trained, but the update never arrives: no uplink bytes
+            start = starts[i]
             if sends_change:
                 payload = {k: v - start[k] for k, v in payload.items()}
+            side: dict = {}
             if self.privacy.sends_change:  # clip (and, for local DP, noise) before encoding
                 payload, side = self.privacy.client(payload, rnd, cid, self.streams)
-                bytes_up += message_bytes(side)
+            if self.protocol is not None:
+                payload = self.protocol.to_wire(payload, cid)
             up_message = self.codec_up.encode(payload, key=cid)
-            bytes_up += message_bytes(up_message)
+            sizes = self.wire.sizes(merge(dp=side, update=up_message) if side else up_message)
+            if self.clock is not None:
+                t = self.clock.client(cid, n, down_sizes[i].sent, sizes.sent)
+                tried.append(t)
+                if self.clock.late(t):
+                    stragglers += 1  # its update arrives after the deadline: discarded, not counted
+                    continue
+                times.append(t)
+            up_sizes.append(sizes)
             reported += 1
             update = self.codec_up.decode(up_message, key=cid)
+            if self.protocol is not None:
+                update = self.protocol.from_wire(update, cid)
             if sends_change:
                 update = {
                     k: start[k] + v if k in start and v.shape == start[k].shape else v
@@ -249,13 +281,13 @@ class Engine:
         all_nonfinite = reported > 0 and nonfinite == reported
         # Central DP: one noised average of the clipped changes (released even if none arrived).
         noised = self.privacy.aggregate(
-            start, [(c, n, u) for c, (n, u) in zip(accepted, updates)], rnd, self.streams
+            starts[0], [(c, n, u) for c, (n, u) in zip(accepted, updates)], rnd, self.streams
         )
         if noised is not None:
             self.global_payload = self.strategy.aggregate(self.global_payload, [(1, noised)])
         elif updates and self.protocol is not None:
             self.global_payload = self.protocol.aggregate(
-                self.global_payload, updates, self.strategy, self.codec_down, rnd
+                self.global_payload, updates, self.strategy, self.codec_down, rnd, accepted, self.wire
             )
         elif updates:
             self.global_payload = self.strategy.aggregate(self.global_payload, updates)
@@ -266,27 +298,39 @@ class Engine:
         clients_summary = empty_summary() if self.client_eval is not None else {}
         per_client = []
         if self.evaluates(rnd):
-            accuracy, test_loss = evaluate(
-                self.model,
-                *self.data.test,
-                batch_size=self.fl.eval_batch_size,
-                draw_loader_seed=not self.streams.paired,
-            )
-            if self.client_eval is not None:
-                clients_summary, per_client = self.client_eval(self.model)
+            with self.protocol.evaluation() if self.protocol is not None else contextlib.nullcontext():
+                accuracy, test_loss = evaluate(
+                    self.model,
+                    *self.data.test,
+                    batch_size=self.fl.eval_batch_size,
+                    draw_loader_seed=not self.streams.paired,
+                )
+                if self.client_eval is not None:
+                    clients_summary, per_client = self.client_eval(self.model)
         self.round = rnd
+        up, down = total(up_sizes, entropy), total(down_sizes, entropy)
+        sim_round = math.nan
+        if self.clock is not None:
+            sim_round = self.clock.round_seconds(times, tried, stragglers)
         return {
             "round": rnd,
             "accuracy": accuracy,
             "test_loss": test_loss,
             "train_loss": loss_sum / sample_sum if sample_sum else float("nan"),
             **clients_summary,
-            "bytes_up": bytes_up,
-            "bytes_down": bytes_down,
+            "bytes_up": up.payload,
+            "bytes_down": down.payload,
+            "wire_bytes_up": up.wire,
+            "wire_bytes_down": down.wire,
+            "zstd_bytes_up": math.nan if up.zstd is None else up.zstd,
+            "zstd_bytes_down": math.nan if down.zstd is None else down.zstd,
             "clients": len(selected),
             "reported": reported,
             "rejected": rejected,
+            "stragglers": stragglers,
+            "sim_round_s": sim_round,
             "epsilon": self.privacy.epsilon(rnd),
+            **(self.protocol.row() if self.protocol is not None else {}),
             "selected": " ".join(map(str, selected)),
             "trainable_params": self.state.numel,
             "wall_s": time.perf_counter() - t0,

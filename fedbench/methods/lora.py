@@ -13,6 +13,14 @@ communicated; the wrapped Linear stays frozen.
   square layer) and averaging B is exact, since ``A0 mean(B) = mean(A0 B)``.
 - ``exact``: the server aggregates the true update ``sum_k p_k A_k B_k`` and merges it into the
   base weights (see :mod:`fedbench.methods.lora_exact` for what is sent).
+- ``hetlora`` (Cho et al. 2024): zero-pad every client's factors to the largest rank and
+  average; each client receives its leading slice (:mod:`fedbench.methods.lora_hetlora`).
+- ``flexlora`` (Bai et al. 2024): average the full products, send each client the SVD
+  truncation at its rank (:mod:`fedbench.methods.lora_flexlora`).
+
+``ranks`` (a list) gives clients their own ranks (``hetlora``, ``flexlora``, ``exact``;
+:mod:`fedbench.methods.lora_ranks`): the layers are built at ``max(ranks)``, which replaces
+``rank``, and every client uses that rank's scale ``alpha / max(ranks)``.
 """
 
 from __future__ import annotations
@@ -22,11 +30,15 @@ from typing import List, Optional  # noqa: UP035 (OmegaConf reads typing generic
 
 from torch import nn
 
-from fedbench.contracts import Method
+from fedbench.contracts import Method, Population
 from fedbench.errors import ConfigError
 from fedbench.methods.base import is_head, select_targets, wrap_modules
 from fedbench.methods.lora_layer import LoRALinear
+from fedbench.methods.lora_ranks import RANK_RULES, ClientRanks
 from fedbench.registry import check_choices, choice, register
+
+AGGREGATIONS = ("naive", "ffa", "exact", "hetlora", "flexlora")
+RANKED = ("exact", "hetlora", "flexlora")  # aggregations with their own server protocol
 
 __all__ = ["LoRA", "LoRALinear", "DEFAULT_TARGETS"]
 
@@ -47,8 +59,12 @@ class LoRA(Method):
     # Module names to adapt (exact, dotted suffix or regex); null = DEFAULT_TARGETS for the
     # model's architecture (query/value on BERT; every nn.Linear but the head on the tutorial MLP).
     target_modules: Optional[List[str]] = None  # noqa: UP006, UP045 (OmegaConf)
-    # How the server combines adapters: naive | ffa | exact (see the module docstring).
-    aggregation: str = choice("naive", ("naive", "ffa", "exact"))
+    # How the server combines adapters: naive | ffa | exact | hetlora | flexlora (module docstring).
+    aggregation: str = choice("naive", AGGREGATIONS)
+    # Per-client ranks (null: every client has `rank`): a list, see fedbench.methods.lora_ranks.
+    ranks: Optional[List[int]] = None  # noqa: UP006, UP045 (OmegaConf)
+    # How ranks are assigned: client (ranks[c % len(ranks)]) | bandwidth (slowest uplink, smallest).
+    rank_by: str = choice("client", RANK_RULES)
 
     def __post_init__(self) -> None:
         check_choices(self, "method")
@@ -56,8 +72,43 @@ class LoRA(Method):
             raise ConfigError("method.rank", "must be an integer >= 1", self.rank)
         if not self.init_std >= 0:
             raise ConfigError("method.init_std", "must be a float >= 0", self.init_std)
+        if self.ranks is not None:
+            if not self.ranks or any(r < 1 for r in self.ranks):
+                raise ConfigError("method.ranks", "must be a non-empty list of integers >= 1", self.ranks)
+            if self.aggregation not in RANKED:
+                raise ConfigError(
+                    "method.ranks",
+                    f"needs method.aggregation={', '.join(RANKED)} (got {self.aggregation})",
+                    self.ranks,
+                )
+        if self.rank_by == "bandwidth" and self.ranks is None:
+            raise ConfigError(
+                "method.rank_by", "bandwidth assigns method.ranks; set method.ranks", self.rank_by
+            )
+
+    @property
+    def built_rank(self) -> int:
+        """The rank the layers are built at: ``max(ranks)``, else ``rank``."""
+        return max(self.ranks) if self.ranks else self.rank
 
     def check_compatible(self, comps: dict, fl) -> None:
+        width = comps["model"].linear_width()
+        if width is not None and self.built_rank > width:
+            key = "method.ranks" if self.ranks else "method.rank"
+            raise ConfigError(
+                key,
+                f"a LoRA rank must be <= {width}, the narrowest adapted layer's width",
+                self.ranks or self.rank,
+            )
+        system = comps.get("system")
+        if self.rank_by == "bandwidth" and (system is None or not system.active):
+            raise ConfigError("method.rank_by", "bandwidth needs a system (system=mixed_mobile, trace, ...)")
+        if self.ranks and len(set(self.ranks)) > 1 and fl.engine == "vectorized":
+            raise ConfigError(
+                "fl.engine",
+                "vectorized trains every client from one start; heterogeneous method.ranks need fl.engine=exact",
+                fl.engine,
+            )
         arch = comps["model"].architecture
         if self.target_modules is None and arch not in DEFAULT_TARGETS:
             raise ConfigError(
@@ -74,7 +125,9 @@ class LoRA(Method):
 
     def inject(self, model: nn.Module) -> None:
         wrap_modules(
-            model, self._targets(model), lambda base: LoRALinear(base, self.rank, self.alpha, self.init_std)
+            model,
+            self._targets(model),
+            lambda base: LoRALinear(base, self.built_rank, self.alpha, self.init_std),
         )
 
     def trainable(self, model: nn.Module) -> list[str]:
@@ -84,19 +137,25 @@ class LoRA(Method):
         ]
 
     def has_server_protocol(self) -> bool:
-        return self.aggregation == "exact"
+        return self.aggregation in RANKED
 
-    def server_protocol(self, model: nn.Module, state):
-        if self.aggregation == "exact":
-            from fedbench.methods.lora_exact import ExactLoRA
+    def server_protocol(self, model: nn.Module, state, population: Population | None = None):
+        if self.aggregation not in RANKED:
+            return None
+        from fedbench.methods.lora_exact import ExactLoRA
+        from fedbench.methods.lora_flexlora import FlexLoRA
+        from fedbench.methods.lora_hetlora import HetLoRA
 
-            return ExactLoRA(model, state)
-        return None
+        population = population or Population(1, 0)
+        ranks = ClientRanks(self.rank, self.ranks, self.rank_by, population)
+        cls = {"exact": ExactLoRA, "hetlora": HetLoRA, "flexlora": FlexLoRA}[self.aggregation]
+        return cls(model, state, ranks)
 
     def peft_adapter(self, model: nn.Module):
         """PEFT's LoRA: ``lora_A.weight`` = A^T (r x in), ``lora_B.weight`` = B^T (out x r), scaling
-        ``lora_alpha / r``: the same function as ``x A B * alpha / r``. BERT-family backbones only."""
-        if model.architecture != "bert":
+        ``lora_alpha / r``: the same function as ``x A B * alpha / r``. BERT-family backbones only;
+        not ``exact`` or ``flexlora``, whose global model is not the factors on the original base."""
+        if model.architecture != "bert" or self.aggregation in ("exact", "flexlora"):
             return None
         mods = {n: m for n, m in model.backbone.named_modules() if isinstance(m, LoRALinear)}
         tensors = {}
@@ -105,7 +164,7 @@ class LoRA(Method):
             tensors[f"{name}.lora_B.weight"] = m.lora_B.detach().t().contiguous().clone()
         config = {
             "peft_type": "LORA",
-            "r": self.rank,
+            "r": self.built_rank,
             "lora_alpha": self.alpha,
             "lora_dropout": 0.0,
             "target_modules": sorted(mods),

@@ -97,6 +97,10 @@ class TransformerModel(ModelConfig):
     def num_blocks(self) -> int:
         return int(self.describe()["num_hidden_layers"])
 
+    def linear_width(self) -> int | None:
+        width = self.describe().get("hidden_size")
+        return int(width) if width else None
+
     @property
     def max_positions(self) -> int:
         return int(self.describe()["max_position_embeddings"])

@@ -62,6 +62,9 @@ class TutorialMLP(ModelConfig):
     def num_blocks(self) -> int:
         return self.num_layers
 
+    def linear_width(self) -> int:
+        return min(self.input_dim, self.hidden_dim)
+
     def build(self) -> TutorialMLPModule:
         return TutorialMLPModule(
             self.input_dim, self.hidden_dim, self.num_layers, self.num_classes, self.use_bias

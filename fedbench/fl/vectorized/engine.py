@@ -87,12 +87,15 @@ class VectorizedEngine(Engine):
             out_losses[k] = means[j]
         return finals, out_losses
 
-    def train_clients(self, selected: list[int], start: Payload, mu: float, rnd: int):
-        """All selected clients at once (see :meth:`train_selected`); yields what
-        :meth:`Engine.train_clients` yields. Draws a model makes while training (dropout layers)
-        come from one stream per round here (per client in the exact engine), so with active
-        dropout the two engines differ."""
-        self.state.load(start)
+    def train_clients(self, selected: list[int], starts: list[Payload], mu: float, rnd: int):
+        """All selected clients at once (see :meth:`train_selected`), from one shared start
+        (clients with different starts, e.g. heterogeneous LoRA ranks, are refused before the
+        run); yields what :meth:`Engine.train_clients` yields. Draws a model makes while training
+        (dropout layers) come from one stream per round here (per client in the exact engine),
+        so with active dropout the two engines differ."""
+        if any(s is not starts[0] for s in starts):
+            raise ConfigError("fl.engine", "trains every client from one start; use fl.engine=exact")
+        self.state.load(starts[0])
         start_flat = self.state.flat.clone()
         clients = [self.data.clients[cid] for cid in selected]
         orders = self.shuffles(rnd, selected, [len(y) for _, y in clients])

@@ -6,13 +6,16 @@ import logging
 
 from torch import nn
 
+from fedbench.contracts import Population
 from fedbench.errors import ConfigError
+from fedbench.fl.clock import Clock, train_flops_per_sample
 from fedbench.fl.engine import Engine
 from fedbench.fl.faults import FaultPlan
 from fedbench.fl.feature_cache import cache_features, why_not_cacheable
 from fedbench.fl.privacy import NoPrivacy
 from fedbench.fl.state import FlatParams
 from fedbench.fl.vectorized.engine import VectorizedEngine
+from fedbench.fl.wire import Wire
 from fedbench.rng import Streams
 
 log = logging.getLogger("fedbench")
@@ -28,6 +31,15 @@ def make_engine(spec, model: nn.Module, state: FlatParams, data, faults=None) ->
     kind = fl.engine
     if kind not in ENGINES:
         raise ConfigError("fl.engine", f"must be one of: {', '.join(ENGINES)}", kind)
+    population = Population(fl.num_clients, spec.seed, spec.system)
+    clock = None
+    if spec.system is not None and spec.system.active:
+        # FLOPs counted on the whole model, before any feature cache: what a client computes.
+        x, y = data.clients[0]
+        b = min(fl.batch_size, len(y))
+        flops = train_flops_per_sample(model, state, x[:b], y[:b])
+        clock = Clock(population, flops, fl.local_epochs)
+        log.info("simulated clock: %.4g FLOPs per training sample", flops)
     if fl.feature_cache:
         reason = why_not_cacheable(model, state)
         if reason is None:
@@ -48,4 +60,7 @@ def make_engine(spec, model: nn.Module, state: FlatParams, data, faults=None) ->
         method=spec.method,
         streams=Streams(spec.rng, spec.seed),
         privacy=spec.privacy if spec.privacy is not None else NoPrivacy(),
+        wire=Wire(getattr(spec, "entropy", "none")),
+        clock=clock,
+        population=population,
     )
