@@ -152,7 +152,7 @@ def report(
     if pairs:  # before any file is written: a bad selection leaves nothing behind
         base = select_configuration(summary, pairs)
         paired = paired_differences(df, summary, base, how["target"])
-    fig_names = list(_figures.FIGURES) if figures else []
+    fig_names = _figures.figure_names(summary) if figures else []
     md = summary_markdown(
         summary, how, n_runs, len(skipped), len(dropped), fig_names, table=table, paired=paired
     )

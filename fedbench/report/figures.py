@@ -34,6 +34,16 @@ from fedbench.report.labels import METHOD_NAMES, Factor, join_parts, varying_fac
 from fedbench.report.statistics import curves, pareto_front
 
 FIGURES = ("accuracy_vs_round", "accuracy_vs_mb", "mb_to_target", "pareto")
+TIMED_FIGURES = ("accuracy_vs_time",)  # only when some run has a simulated clock (system=)
+
+
+def figure_names(summary: pd.DataFrame) -> list[str]:
+    """The figures a report of ``summary`` draws: :data:`FIGURES`, plus accuracy vs simulated
+    time when some configuration ran with a clock."""
+    timed = "sim_s_total" in summary and bool(summary["sim_s_total"].notna().any())
+    return [*FIGURES, *(TIMED_FIGURES if timed else ())]
+
+
 FORMATS = ("png", "pdf")
 MAX_PER_PANEL = 8  # configurations one panel can show legibly
 PALETTE = (
@@ -299,7 +309,8 @@ def _save(fig: Figure, out_dir: Path, name: str) -> list[Path]:
 
 # --------------------------------------------------------------------------- figures
 def figure_accuracy(runs, summary, layout: Layout, target, x: str) -> Figure:
-    """Test accuracy per round (``x="round"``) or per cumulative MB (``x="cum_mb"``, log scale)."""
+    """Test accuracy per round (``x="round"``), per cumulative MB (``x="cum_mb"``, log scale) or
+    per simulated second (``x="sim_s"``, log scale; configurations without a clock are left out)."""
     c = curves(runs)
     by_config = {cid: g.sort_values("round") for cid, g in c.groupby("config_id")}
     fig, axes = _grid(len(layout.panels), (4.3, 3.1) if len(layout.panels) > 1 else (6.4, 4.2))
@@ -310,6 +321,10 @@ def figure_accuracy(runs, summary, layout: Layout, target, x: str) -> Figure:
             if cc is None or cc.empty:
                 continue
             st = layout.style[i]
+            if x == "sim_s":
+                cc = cc[cc["sim_s"].notna()]
+                if cc.empty:
+                    continue
             xs = cc[x].to_numpy()
             ax.plot(
                 xs,
@@ -330,7 +345,7 @@ def figure_accuracy(runs, summary, layout: Layout, target, x: str) -> Figure:
         drew_target |= _target(ax, target)
         if title:
             ax.set_title(title, fontsize=9)
-        if x == "cum_mb":
+        if x in ("cum_mb", "sim_s"):
             ax.set_xscale("log")
             _log_axis(ax.xaxis, small=len(axes) > 1)
             ax.grid(True, which="minor", alpha=0.08)
@@ -340,6 +355,9 @@ def figure_accuracy(runs, summary, layout: Layout, target, x: str) -> Figure:
     if x == "cum_mb":
         xlabel = "cumulative communication, up + down (MB, log scale)"
         head = "Test accuracy vs data communicated"
+    elif x == "sim_s":
+        xlabel = "simulated time over the clients' links and devices (s, log scale)"
+        head = "Test accuracy vs simulated time"
     else:
         xlabel, head = "round", "Test accuracy per round"
     _axis_labels(fig, axes, xlabel, "test accuracy")
@@ -514,5 +532,6 @@ def make_figures(runs: pd.DataFrame, summary: pd.DataFrame, target: float | None
             "accuracy_vs_mb": lambda: figure_accuracy(runs, summary, layout, target, "cum_mb"),
             "mb_to_target": lambda: figure_mb_to_target(summary, layout, target),
             "pareto": lambda: figure_pareto(summary, layout),
+            "accuracy_vs_time": lambda: figure_accuracy(runs, summary, layout, target, "sim_s"),
         }
-        return [p for name in FIGURES for p in _save(figures[name](), out_dir, name)]
+        return [p for name in figure_names(summary) for p in _save(figures[name](), out_dir, name)]

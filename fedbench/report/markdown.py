@@ -59,6 +59,16 @@ def _header(head: list[str]) -> list[str]:
     return [_row(head), "|" + "|".join(["---"] + ["---:"] * (len(head) - 1)) + "|"]
 
 
+def _fmt_sim(v) -> str:
+    """Simulated seconds (system=) as s, min or h; '—' without a clock, 'not reached' past it."""
+    if _missing(v):
+        return "—"
+    v = float(v)
+    if v < 120:
+        return f"{v:.1f} s"
+    return f"{v / 60:.1f} min" if v < 7200 else f"{v / 3600:.2f} h"
+
+
 def _client(r, col: str) -> str:
     v = r[col]
     if _missing(v):
@@ -68,6 +78,7 @@ def _client(r, col: str) -> str:
 
 
 def _ci_section(summary: pd.DataFrame) -> list[str]:
+    timed = bool(summary["sim_s_total"].notna().any()) if "sim_s_total" in summary else False
     lines = [
         "",
         "## Confidence intervals over seeds",
@@ -88,13 +99,15 @@ def _ci_section(summary: pd.DataFrame) -> list[str]:
             "seeds reaching target",
             "MB to target, per seed",
             "rounds to target, per seed",
+            *(["sim. time to target, per seed"] if timed else []),
         ]
     )
     for _, r in summary.iterrows():
         n = int(r["n_seeds"])
         k = int(r["seeds_reaching_target"])
         per_seed = []
-        for m, fmt in (("mb_to_target", _fmt_mb), ("rounds_to_target", _fmt_rounds)):
+        metrics = [("mb_to_target", _fmt_mb), ("rounds_to_target", _fmt_rounds)]
+        for m, fmt in metrics + ([("sim_s_to_target", _fmt_sim)] if timed else []):
             if k == 0:
                 per_seed.append("not reached")
             elif k < n:
@@ -220,6 +233,7 @@ def summary_markdown(
         ),
         "",
     ]
+    timed = bool(summary["sim_s_total"].notna().any()) if "sim_s_total" in summary else False
     head = [
         "configuration",
         "seeds",
@@ -229,6 +243,7 @@ def summary_markdown(
         "MB down",
         f"MB to target {t:.3f}",
         "rounds to target",
+        *(["sim. time to target", "sim. time total"] if timed else []),
         *(["client acc. mean", "client acc. p10"] if clients else []),
         "trainable params",
         "wall s / run",
@@ -247,6 +262,14 @@ def summary_markdown(
             _fmt_mb(r["mb_down"]),
             _fmt_mb(r["mb_to_target"]),
             rt,
+            *(
+                [
+                    _fmt_sim(r["sim_s_to_target"]) if pd.notna(r["rounds_to_target"]) else "not reached",
+                    _fmt_sim(r["sim_s_total"]),
+                ]
+                if timed
+                else []
+            ),
             *([_client(r, "final_client_acc_mean"), _client(r, "final_client_acc_p10")] if clients else []),
             f"{int(r['trainable_params']):,}",
             _fmt_s(r["wall_s_mean"]),

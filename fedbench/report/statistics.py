@@ -22,6 +22,9 @@ Everything here is computed from the runs table alone (no run folders), so a sav
   identical values give ``[v, v]``. For rounds / MB to the target the mean and interval over
   seeds are given only when every seed reached the target (a mean over the seeds that reached
   it would be biased towards the lucky ones); ``seeds_reaching_target`` says how many did.
+- **Simulated time** (``system=``, :mod:`fedbench.fl.clock`): *time to target* is the mean
+  simulated seconds (``sim_time_s``) at the round the mean curve first reaches the target, and per
+  seed as for MB; NaN for runs without a clock.
 """
 
 from __future__ import annotations
@@ -51,7 +54,7 @@ CI_METRICS = {
     "mb_to_target": "mb_to_target",
     "rounds_to_target": "rounds_to_target",
 }
-TARGET_METRICS = ("mb_to_target", "rounds_to_target")
+TARGET_METRICS = ("mb_to_target", "rounds_to_target", "sim_s_to_target")
 
 
 # --------------------------------------------------------------------------- intervals
@@ -170,6 +173,8 @@ def curves(runs: pd.DataFrame, ci: bool = True) -> pd.DataFrame:
     g = ev.groupby(["config_id", "round"], sort=True)
     out = g["accuracy"].agg(["mean", "min", "max", "std", "count"]).rename(columns=lambda c: f"acc_{c}")
     out["cum_mb"] = g["cum_bytes"].mean() / MB
+    # the simulated clock (system=): NaN for runs without one, or from before it
+    out["sim_s"] = g["sim_time_s"].mean() if "sim_time_s" in ev.columns else np.nan
     out = out.reset_index()
     out["n_runs"] = out["config_id"].map(n_runs).astype(int)
     out = out[out["acc_count"] == out["n_runs"]].reset_index(drop=True)
@@ -212,6 +217,8 @@ def per_run(df: pd.DataFrame, target: float | None = None) -> pd.DataFrame:
         out["reached"] = out.index.isin(hit.index)
         out["rounds_to_target"] = hit["round"].astype(float)
         out["mb_to_target"] = hit["cum_bytes"].astype(float) / MB
+        sim = hit["sim_time_s"].astype(float) if "sim_time_s" in hit.columns else np.nan
+        out["sim_s_to_target"] = sim
     return out.reset_index()
 
 
@@ -284,6 +291,8 @@ def build_summary(
         row["mb_down"] = finals["cum_bytes_down"].mean() / MB
         row["mb_total"] = finals["cum_bytes"].mean() / MB
         row["mb_per_round"] = row["mb_total"] / row["rounds"]
+        sim = finals["sim_time_s"] if "sim_time_s" in finals.columns else pd.Series([np.nan])
+        row["sim_s_total"] = float(sim.mean()) if sim.notna().all() else np.nan
         row["trainable_params"] = _median_int(finals["trainable_params"])
         row["total_params"] = _median_int(finals["total_params"]) if "total_params" in finals else np.nan
         # a run's wall time is its last round's elapsed_s (what summary.json records as wall_s)
@@ -309,7 +318,7 @@ def build_summary(
         how = {"target": target, "given": True}
     mean = curves(df, ci=False)
     seeds_of = per_run(df, target)
-    r_to, mb_to, reached = [], [], []
+    r_to, mb_to, sim_to, reached = [], [], [], []
     per_seed: dict[str, list] = {f"{m}_{s}": [] for m in TARGET_METRICS for s in ("seed_mean", "ci")}
     for cid, n in zip(summary["config_id"], summary["n_seeds"]):
         c = mean[mean["config_id"] == cid]
@@ -317,9 +326,11 @@ def build_summary(
         if len(hit):
             r_to.append(int(hit["round"].iloc[0]))
             mb_to.append(float(hit["cum_mb"].iloc[0]))
+            sim_to.append(float(hit["sim_s"].iloc[0]))
         else:
             r_to.append(np.nan)
             mb_to.append(np.nan)
+            sim_to.append(np.nan)
         mine = seeds_of[seeds_of["config_id"] == cid]
         reached.append(int(mine["reached"].sum()))
         for m in TARGET_METRICS:
@@ -329,6 +340,7 @@ def build_summary(
     summary["target_accuracy"] = target
     summary["rounds_to_target"] = pd.array(r_to, dtype="Int64")
     summary["mb_to_target"] = mb_to
+    summary["sim_s_to_target"] = sim_to
     summary["seeds_reaching_target"] = reached
     for m in TARGET_METRICS:
         summary[f"{m}_seed_mean"] = per_seed[f"{m}_seed_mean"]
