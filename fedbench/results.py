@@ -210,7 +210,7 @@ class MetricsWriter:
                 "cum_bytes_up": 0,
                 "cum_bytes_down": 0,
                 "elapsed_s": 0.0,
-                "cum_wire_bytes": 0,
+                "cum_wire_bytes": 0.0,
                 "sim_time_s": 0.0,
             }
         )

@@ -93,9 +93,13 @@ BAD_INPUTS = [
     (
         ["+method.rnk=4"],
         "method.rnk: unknown key for method=lora; its keys: rank=4, alpha=1.0, init_std=0.01, "
-        "target_modules=null, aggregation=naive (naive|ffa|exact)",
+        "target_modules=null, aggregation=naive (naive|ffa|exact|hetlora|flexlora), ranks=null, "
+        "rank_by=client (client|bandwidth)",
     ),
-    (["method.aggregation=avg"], "method.aggregation='avg': must be one of: naive, ffa, exact"),
+    (
+        ["method.aggregation=avg"],
+        "method.aggregation='avg': must be one of: naive, ffa, exact, hetlora, flexlora",
+    ),
     (
         ["compression/up=int8", "compression.up.granularity=col"],
         "compression.up.granularity='col': must be one of: tensor, row",

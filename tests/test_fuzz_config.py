@@ -54,6 +54,7 @@ GROUPS = {
     "compression": None,  # a pair of sides: its keys are compression.up.* / compression.down.*
     "compression/up": "compression.up",
     "compression/down": "compression.down",
+    "system": "system",
 }
 # How often each option is drawn: MiniLM (22.7M parameters) is the slow one.
 WEIGHT = {"model": {"tutorial_mlp": 6, "tiny_bert": 3, "minilm": 1}}

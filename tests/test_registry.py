@@ -28,6 +28,7 @@ GROUP_DIRS = {
     "strategy": ["strategy"],
     "codec": ["compression/up", "compression/down"],
     "privacy": ["privacy"],
+    "system": ["system"],
 }
 
 

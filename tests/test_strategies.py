@@ -153,6 +153,6 @@ def test_interrupted_run_with_server_and_codec_state_resumes_bit_for_bit(tmp_pat
     if extra[0].startswith("strategy="):
         assert any(k.startswith("strategy/m/") for k in tensors) and meta["strategy"]["steps"] == 3
     if any("exact" in e for e in extra):
-        assert any(k.startswith("method/base/") for k in tensors) and len(meta["method"]["merge_bytes"]) == 3
+        assert any(k.startswith("method/base/") for k in tensors) and len(meta["method"]["merge_sizes"]) == 3
     resumed = run(cfg, out_dir=tmp_path)
     pd.testing.assert_frame_equal(_rows(resumed), _rows(reference), check_exact=True)

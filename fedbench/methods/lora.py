@@ -93,12 +93,12 @@ class LoRA(Method):
 
     def check_compatible(self, comps: dict, fl) -> None:
         width = comps["model"].linear_width()
-        if width is not None and self.built_rank > width:
-            key = "method.ranks" if self.ranks else "method.rank"
+        if self.ranks and width is not None and max(self.ranks) > width:
+            # (a single method.rank above it is allowed, as before: wasteful, not wrong)
             raise ConfigError(
-                key,
+                "method.ranks",
                 f"a LoRA rank must be <= {width}, the narrowest adapted layer's width",
-                self.ranks or self.rank,
+                self.ranks,
             )
         system = comps.get("system")
         if self.rank_by == "bandwidth" and (system is None or not system.active):
