@@ -272,6 +272,11 @@ def write_label_histogram(data, out_dir: Path) -> None:
     atomic_write_bytes(Path(out_dir) / CLIENTS_CSV, ("\n".join(lines) + "\n").encode())
 
 
+def _json_number(v: float) -> float | None:
+    """A float for summary.json: null where it is NaN (JSON has no NaN)."""
+    return None if v != v else v
+
+
 def summarize(rows: list[dict]) -> dict:
     """The metric part of ``summary.json``."""
     if not rows:
@@ -297,6 +302,8 @@ def summarize(rows: list[dict]) -> dict:
         "bytes_up_total": last["cum_bytes_up"],
         "bytes_down_total": last["cum_bytes_down"],
         "bytes_total": last["cum_bytes"],
+        "wire_bytes_total": _json_number(last.get("cum_wire_bytes", math.nan)),
+        "sim_time_s": _json_number(last.get("sim_time_s", math.nan)),
     }
     with_clients = [
         r for r in evaluated if r.get("client_acc_mean", float("nan")) == r.get("client_acc_mean")

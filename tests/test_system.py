@@ -183,3 +183,14 @@ def test_unknown_preset_and_zero_bandwidth_are_one_line_exit_2_no_run_folder(tmp
         assert len(res.stderr.strip().splitlines()) == 1 and needle in res.stderr
         assert not (tmp_path / "outputs").exists()
     assert math.isfinite(TieredSystem().device_gflops)
+
+
+def test_summary_json_records_wire_total_and_simulated_time(tmp_path):
+    import json
+
+    df = run(compose_cfg([*SMALL, *WIFI]), out_dir=tmp_path / "timed")
+    summary = json.loads((tmp_path / "timed" / "summary.json").read_text())
+    assert summary["sim_time_s"] == df["sim_time_s"].iloc[-1]
+    assert summary["wire_bytes_total"] == df["cum_wire_bytes"].iloc[-1]
+    run(compose_cfg(SMALL), out_dir=tmp_path / "plain")
+    assert json.loads((tmp_path / "plain" / "summary.json").read_text())["sim_time_s"] is None

@@ -35,9 +35,11 @@ def make_engine(spec, model: nn.Module, state: FlatParams, data, faults=None) ->
     clock = None
     if spec.system is not None and spec.system.active:
         # FLOPs counted on the whole model, before any feature cache: what a client computes.
-        x, y = data.clients[0]
+        x, y = next(
+            (xy for xy in (data.clients[c] for c in range(fl.num_clients)) if len(xy[1])), data.clients[0]
+        )
         b = min(fl.batch_size, len(y))
-        flops = train_flops_per_sample(model, state, x[:b], y[:b])
+        flops = train_flops_per_sample(model, state, x[:b], y[:b]) if b else 0.0
         clock = Clock(population, flops, fl.local_epochs)
         log.info("simulated clock: %.4g FLOPs per training sample", flops)
     if fl.feature_cache:
