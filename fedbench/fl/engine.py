@@ -27,6 +27,13 @@ Privacy (``privacy=``, :mod:`fedbench.fl.privacy`): under an active mechanism ea
 its change, passed through ``privacy.client`` (clip; for local DP also noise) before encoding;
 ``privacy.aggregate`` turns the accepted updates into one noised average for the strategy (central
 DP) or leaves them to it (local DP); every row records ``privacy.epsilon(round)``.
+
+Every message is also measured as sent (:mod:`fedbench.fl.wire`: ``wire_bytes_*``, and
+``zstd_bytes_*`` under ``compression.entropy=zstd``). With a system (``system=``,
+:mod:`fedbench.fl.clock`) each client's downlink, modelled compute and uplink give the round's
+simulated length (``sim_round_s``); a client past ``system.deadline_s`` is a straggler whose
+update is discarded. A server protocol may start clients from different payloads (each client's
+LoRA rank, :mod:`fedbench.methods.lora_ranks`) and slice what they send (``to_wire``/``from_wire``).
 """
 
 from __future__ import annotations

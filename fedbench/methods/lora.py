@@ -103,12 +103,6 @@ class LoRA(Method):
         system = comps.get("system")
         if self.rank_by == "bandwidth" and (system is None or not system.active):
             raise ConfigError("method.rank_by", "bandwidth needs a system (system=mixed_mobile, trace, ...)")
-        if self.ranks and len(set(self.ranks)) > 1 and fl.engine == "vectorized":
-            raise ConfigError(
-                "fl.engine",
-                "vectorized trains every client from one start; heterogeneous method.ranks need fl.engine=exact",
-                fl.engine,
-            )
         arch = comps["model"].architecture
         if self.target_modules is None and arch not in DEFAULT_TARGETS:
             raise ConfigError(

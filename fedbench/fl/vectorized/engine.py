@@ -48,16 +48,19 @@ class VectorizedEngine(Engine):
         self,
         clients: list[tuple[torch.Tensor, torch.Tensor]],
         orders: list[list[torch.Tensor]],
-        start_flat: torch.Tensor,
+        start_flat: torch.Tensor | list[torch.Tensor],
         mu: float = 0.0,
     ) -> tuple[list[torch.Tensor], list[float]]:
-        """Train the clients from ``start_flat`` with their sample orders (``orders[k][epoch]``):
-        (their final flat states, their mean batch losses), in the given order."""
+        """Train the clients from ``start_flat`` (one flat start for all, or one per client) with
+        their sample orders (``orders[k][epoch]``): (their final flat states, their mean batch
+        losses), in the given order."""
         fl = self.fl
         mlp = self._mlp_step
         plan = RoundPlan(clients, orders, fl.batch_size, mlp.num_classes if mlp is not None else None)
         K, T = len(clients), len(plan.batches)
         st = self._stack(K)
+        if not isinstance(start_flat, torch.Tensor):  # per client: into the plan's stacked order
+            start_flat = [start_flat[k] for k in plan.perm]
         st.load(start_flat)
         full_P, full_G = st.views(st.W), st.views(st.G)
         losses = torch.zeros((T, K))
@@ -88,15 +91,17 @@ class VectorizedEngine(Engine):
         return finals, out_losses
 
     def train_clients(self, selected: list[int], starts: list[Payload], mu: float, rnd: int):
-        """All selected clients at once (see :meth:`train_selected`), from one shared start
-        (clients with different starts, e.g. heterogeneous LoRA ranks, are refused before the
-        run); yields what :meth:`Engine.train_clients` yields. Draws a model makes while training
-        (dropout layers) come from one stream per round here (per client in the exact engine),
-        so with active dropout the two engines differ."""
-        if any(s is not starts[0] for s in starts):
-            raise ConfigError("fl.engine", "trains every client from one start; use fl.engine=exact")
-        self.state.load(starts[0])
-        start_flat = self.state.flat.clone()
+        """All selected clients at once (see :meth:`train_selected`), each from its start (one
+        shared start, or e.g. each client's LoRA rank); yields what :meth:`Engine.train_clients`
+        yields. Draws a model makes while training (dropout layers) come from one stream per
+        round here (per client in the exact engine), so with active dropout the two engines differ."""
+        flats: dict[int, torch.Tensor] = {}
+        for s in starts:
+            if id(s) not in flats:
+                self.state.load(s)
+                flats[id(s)] = self.state.flat.clone()
+        shared = all(s is starts[0] for s in starts)
+        start_flat = flats[id(starts[0])] if shared else [flats[id(s)] for s in starts]
         clients = [self.data.clients[cid] for cid in selected]
         orders = self.shuffles(rnd, selected, [len(y) for _, y in clients])
         self.streams.seed_global("train", rnd)

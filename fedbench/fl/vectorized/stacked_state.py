@@ -36,7 +36,7 @@ class StackedState:
         self._denom = torch.empty_like(self.W)
         self._step_t = torch.zeros((), dtype=torch.float32)
         # FedProx: ``start`` broadcast to this layout, cached for the start vector it was built from
-        self._start_key: torch.Tensor | None = None
+        self._start_key = None
         self._start_buf: torch.Tensor | None = None
 
     def views(self, t: torch.Tensor, m: int | None = None) -> dict[str, torch.Tensor]:
@@ -48,12 +48,24 @@ class StackedState:
             out[n] = t[lo:hi].view(self.K, *shape)[:m]
         return out
 
-    def load(self, start: torch.Tensor) -> None:
-        """Every client starts from ``start`` (a flat vector in payload layout); fresh moments."""
-        src = self.state.views(start)
-        for n, v in self.views(self.W).items():
-            s = src[n].t() if n in self.transposed else src[n]
-            v.copy_(s.unsqueeze(0).expand_as(v))
+    def _fill(self, buf: torch.Tensor, start: torch.Tensor | list[torch.Tensor]) -> None:
+        """Write ``start`` (one flat vector in payload layout for every client, or a list of K,
+        one per stacked row) into ``buf`` (laid out like ``W``)."""
+        if isinstance(start, torch.Tensor):
+            src = self.state.views(start)
+            for n, v in self.views(buf).items():
+                s = src[n].t() if n in self.transposed else src[n]
+                v.copy_(s.unsqueeze(0).expand_as(v))
+            return
+        srcs = [self.state.views(x) for x in start]
+        for n, v in self.views(buf).items():
+            for k, src in enumerate(srcs):
+                v[k].copy_(src[n].t() if n in self.transposed else src[n])
+
+    def load(self, start: torch.Tensor | list[torch.Tensor]) -> None:
+        """The clients start from ``start`` (a flat vector in payload layout, or one per stacked
+        row); fresh moments."""
+        self._fill(self.W, start)
         self.exp_avg.zero_()
         self.exp_avg_sq.zero_()
 
@@ -111,14 +123,11 @@ class StackedState:
         for p, g, ea, es, d, _ in parts:
             adamw_step(p, g, ea, es, d, t, opt.lr, opt.beta1, opt.beta2, opt.eps, opt.weight_decay)
 
-    def _start_stacked(self, start: torch.Tensor, name: str | None, numel: int) -> torch.Tensor:
-        """``start`` broadcast to the stacked layout (cached per round for FedProx)."""
+    def _start_stacked(self, start, name: str | None, numel: int) -> torch.Tensor:
+        """``start`` (as :meth:`load` takes it) in the stacked layout (cached per round for FedProx)."""
         if self._start_key is not start:
             buf = torch.empty_like(self.W)
-            src = self.state.views(start)
-            for n, v in self.views(buf).items():
-                s = src[n].t() if n in self.transposed else src[n]
-                v.copy_(s.unsqueeze(0).expand_as(v))
+            self._fill(buf, start)
             self._start_key, self._start_buf = start, buf
         if name is None:
             return self._start_buf
