@@ -653,3 +653,22 @@ def test_the_report_package_has_no_import_cycles():
 
     for n in graph:
         visit(n, [])
+
+
+def test_labels_name_per_client_ranks_and_the_lora_aggregations():
+    configs = [
+        {"rank": 4, "method.aggregation": "naive"},
+        {"rank": 16, "method.aggregation": "naive"},
+        {"rank": 16, "method.ranks": "[2, 4, 8, 16]", "method.aggregation": "hetlora"},
+        {"rank": 16, "method.ranks": "[2, 4, 8, 16]", "method.aggregation": "flexlora"},
+    ]
+    summary, _ = rep.build_summary(_table(configs))
+    from fedbench.report.labels import human_labels
+
+    # (the method does not vary, so it is not named)
+    assert human_labels(summary) == [
+        "r=4 naive agg.",
+        "r=16 naive agg.",
+        "r=2/4/8/16 HetLoRA agg.",
+        "r=2/4/8/16 FlexLoRA agg.",
+    ]

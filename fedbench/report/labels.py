@@ -45,7 +45,13 @@ DATA_NAMES = {
     "tutorial_lazy": "synthetic (lazy)",
 }
 PARTITION_NAMES = {"iid": "IID", "dirichlet": "Dirichlet", "shards": "shards"}
-AGGREGATION_NAMES = {"naive": "naive agg.", "ffa": "FFA agg.", "exact": "exact agg."}
+AGGREGATION_NAMES = {
+    "naive": "naive agg.",
+    "ffa": "FFA agg.",
+    "exact": "exact agg.",
+    "hetlora": "HetLoRA agg.",
+    "flexlora": "FlexLoRA agg.",
+}
 # codec option or class (lower case) -> name on the wire; the order is the display order
 CODEC_NAMES = {
     "none": "float32",
@@ -64,6 +70,7 @@ _PRESETS = {"topk": ("topk", "none"), "topk_int8": ("topk", "int8")}
 _HANDLED = {
     "method",
     "rank",
+    "method.ranks",
     "alpha",
     "model",
     "data",
@@ -142,6 +149,17 @@ def _param(v, fmt: str) -> tuple[str, tuple]:
     if _missing(v):
         return "", (1, 0.0, "")
     return fmt.format(_num(v)), _numkey(v)
+
+
+def _rank(r: dict) -> tuple[str, tuple]:
+    """``r=8``, or with per-client ranks (``method.ranks``) ``r=2/4/8/16`` (sorted after r=16)."""
+    ranks = r.get("method.ranks")
+    if isinstance(ranks, str):
+        ranks = [p for p in ranks.strip("[]").replace(",", " ").split() if p]
+    if ranks is not None and not _missing(ranks) and len(ranks):
+        values = sorted({int(float(v)) for v in ranks})
+        return "r=" + "/".join(map(str, values)), (0, float(max(values)) + 0.5, "")
+    return _param(r.get("rank"), "r={}")
 
 
 def _codec(option, fraction) -> tuple[str, int, float]:
@@ -226,7 +244,7 @@ def candidate_factors(summary: pd.DataFrame) -> list[Factor]:
     cols = identity_columns(summary)
     specs: list[tuple[str, object, bool]] = [
         ("method", lambda r: _named(r.get("method"), METHOD_NAMES, alphabetical=True), True),
-        ("rank", lambda r: _param(r.get("rank"), "r={}"), True),
+        ("rank", _rank, True),
         ("alpha", lambda r: _param(r.get("alpha"), "alpha={}"), True),
     ]
     for col in cols:
