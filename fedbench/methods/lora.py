@@ -25,6 +25,7 @@ communicated; the wrapped Linear stays frozen.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import List, Optional  # noqa: UP035 (OmegaConf reads typing generics)
 
@@ -36,6 +37,8 @@ from fedbench.methods.base import is_head, select_targets, wrap_modules
 from fedbench.methods.lora_layer import LoRALinear
 from fedbench.methods.lora_ranks import RANK_RULES, ClientRanks
 from fedbench.registry import check_choices, choice, register
+
+log = logging.getLogger("fedbench")
 
 AGGREGATIONS = ("naive", "ffa", "exact", "hetlora", "flexlora")
 RANKED = ("exact", "hetlora", "flexlora")  # aggregations with their own server protocol
@@ -118,6 +121,13 @@ class LoRA(Method):
         return select_targets(model, targets)
 
     def inject(self, model: nn.Module) -> None:
+        if self.ranks and self.rank != self.built_rank:
+            log.info(
+                "method.ranks=%s: the layers are built at rank %d (method.rank=%d is not used)",
+                self.ranks,
+                self.built_rank,
+                self.rank,
+            )
         wrap_modules(
             model,
             self._targets(model),
