@@ -23,7 +23,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from fedbench import registry
 from fedbench.errors import ConfigError
-from fedbench.registry import CONFIG_GROUPS, check_choices, choice, describe_fields
+from fedbench.registry import CONFIG_GROUPS, TRACKERS_KEY, check_choices, choice, describe_fields
 
 __all__ = [
     "ConfigError",
@@ -214,6 +214,9 @@ class RunSpec:
     rng: str = "paired"
     checkpoint_keep: int = 2
     privacy: Any = None  # fedbench.fl.privacy (validate sets it; None reads as privacy=none)
+    # logger=: the selected experiment trackers, name -> fedbench.contracts.Tracker (csv's files
+    # are written whatever this holds); not part of ``resolved``, nor of the config hash.
+    loggers: dict = field(default_factory=dict)
 
     @functools.cached_property
     def config_hash(self) -> str:
@@ -225,8 +228,9 @@ class RunSpec:
 # lacks the group means that option, and that option at its defaults is left out of the identity.
 LATER_GROUPS = {"privacy": "none"}
 
-# How a run is executed, not what it computes: left out of its identity.
-EXECUTION_KEYS = ("threads", "resume", "checkpoint_every", "checkpoint_keep", "quiet")
+# How a run is executed, not what it computes: left out of its identity. (``logger`` never
+# reaches a recorded config: validate() takes it out; it is listed for configs that hold it.)
+EXECUTION_KEYS = ("threads", "resume", "checkpoint_every", "checkpoint_keep", "quiet", TRACKERS_KEY)
 
 
 def _non_default(section: dict, cls: type) -> dict:
@@ -331,6 +335,15 @@ def instantiate(section: Any, key: str) -> Any:
     return obj
 
 
+def _loggers(section: Any) -> dict:
+    """The trackers ``logger=[csv,tensorboard,...]`` selected: ``logger.<name>`` sections."""
+    if section is None:
+        return {}
+    if not isinstance(section, dict):
+        raise ConfigError(TRACKERS_KEY, "must be chosen as an option, e.g. logger=[csv,tensorboard,mlflow]")
+    return {name: instantiate(sub, f"{TRACKERS_KEY}.{name}") for name, sub in section.items()}
+
+
 def validate(cfg: DictConfig | dict) -> RunSpec:
     """Check a composed config and build its components. Raises :class:`ConfigError`."""
     load_registry()
@@ -340,8 +353,9 @@ def validate(cfg: DictConfig | dict) -> RunSpec:
         resolved = OmegaConf.to_container(cfg, resolve=True)
     except OmegaConfBaseException as exc:
         raise ConfigError(str(getattr(exc, "full_key", "config")), str(exc).splitlines()[0]) from None
+    loggers = _loggers(resolved.pop(TRACKERS_KEY, None))
     settings_keys = [f.name for f in dataclasses.fields(RunSettings)]
-    allowed_top = {*settings_keys, "fl", "compression", *COMPONENT_GROUPS, *LATER_GROUPS}
+    allowed_top = {*settings_keys, "fl", "compression", *COMPONENT_GROUPS, *LATER_GROUPS, TRACKERS_KEY}
     for key in resolved:
         if key not in allowed_top:
             raise ConfigError(key, f"unknown key; known top-level keys: {', '.join(sorted(allowed_top))}")
@@ -369,7 +383,7 @@ def validate(cfg: DictConfig | dict) -> RunSpec:
         comps[key] = instantiate(section, key)
     # Cross-component checks (e.g. the model's classes cover the data's labels; privacy=central
     # refuses a median), before training.
-    for c in comps.values():
+    for c in [*comps.values(), *loggers.values()]:
         c.check_compatible(comps, fl)
     return RunSpec(
         seed=settings.seed,
@@ -383,5 +397,6 @@ def validate(cfg: DictConfig | dict) -> RunSpec:
         compression_up=up,
         compression_down=down,
         resolved=resolved,
+        loggers=loggers,
         **comps,
     )
