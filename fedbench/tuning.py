@@ -79,6 +79,7 @@ def study(sweep: str | Path) -> dict:
         )
     (key,) = keys
     lrs = sorted(float(t["config"]["fl"]["lr"]) for t in trials)
+    command = _command(trials[0]["_dir"])
     match = [t for t in trials if math.isclose(float(t["config"]["fl"]["lr"]), float(best), rel_tol=1e-12)]
     first = trials[0]["config"]
     return {
@@ -93,7 +94,20 @@ def study(sweep: str | Path) -> dict:
         "seed": first.get("seed"),
         "validation_fraction": (first.get("data") or {}).get("validation_fraction"),
         "num_rounds": (first.get("fl") or {}).get("num_rounds"),
+        "command": command,
     }
+
+
+def _command(trial: Path) -> str | None:
+    """The command that ran the study: a trial's overrides without the value tried and Hydra's."""
+    try:
+        overrides = yaml.safe_load((trial / ".hydra" / "overrides.yaml").read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError):
+        return None
+    if not isinstance(overrides, list):
+        return None
+    kept = [str(o) for o in overrides if not str(o).startswith(("fl.lr=", "hydra.", "quiet="))]
+    return "fedbench -m " + " ".join(kept)
 
 
 def render(found: dict) -> str:
@@ -106,7 +120,8 @@ def render(found: dict) -> str:
         f"# {found['trials']} trials (fl.lr tried from {lo:.3g} to {hi:.3g}), final validation accuracy",
         f"# {found['value']:.4f} (data.validation_fraction={found['validation_fraction']}, seed {found['seed']}, "
         f"{found['num_rounds']} rounds).",
-        f"# Study: {found['sweep']}; best trial: {found['best_run']}.",
+        *([f"# Study: {found['command']}"] if found.get("command") else []),
+        f"# Best trial: {found['best_run']}.",
         f"# Written by `{PROG}` on {today}. Included by comparison experiments, e.g.",
         "# conf/experiment/compare_tuned.yaml (defaults: - /tuned_lr/<name>: ${arm}).",
         "fl:",

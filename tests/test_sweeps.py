@@ -12,7 +12,7 @@ from conftest import CONF, TINY_MLP, compose_cfg, run_cli
 from omegaconf import OmegaConf
 
 from fedbench import report as rep
-from fedbench.config import validate
+from fedbench.config import load_registry, validate
 
 TINY = [t for t in TINY_MLP if not t.startswith("threads=")]  # threads come from the launcher
 
@@ -187,6 +187,7 @@ def test_slurm_preset_composes():
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
+    load_registry()  # the components' schemas (alone, this test would not find them)
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose(
@@ -197,3 +198,56 @@ def test_slurm_preset_composes():
     from fedbench.threads import threads_for_job
 
     assert threads_for_job(None, OmegaConf.to_container(launcher)) == 1
+
+
+needs_ray = pytest.mark.skipif(
+    not has_plugin("hydra_ray_launcher"), reason="hydra-ray-launcher not installed (pip install -e '.[ray]')"
+)
+
+
+@needs_ray
+@pytest.mark.slow
+def test_ray_sweep_on_a_local_ray_instance(tmp_path):
+    """hydra/launcher=ray starts a local Ray instance and runs the jobs as Ray tasks."""
+    sweep = tmp_path / "multirun"
+    res = run_cli(
+        ["-m", "method=lora,head_only", *TINY, "hydra/launcher=ray", f"hydra.sweep.dir={sweep}"],
+        cwd=tmp_path,
+        timeout=600,
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    out = res.stdout + res.stderr
+    assert "Ray Launcher is launching 2 jobs" in out and "Started a local Ray instance" in out
+    s = summaries(sweep)
+    assert [x["choices"]["method"] for x in s] == ["lora", "head_only"]
+    assert {x["status"] for x in s} == {"complete"} and [x["threads"] for x in s] == [1, 1]
+    report = rep.report([str(sweep)], tmp_path / "report", figures=False)
+    assert report["runs"]["run_dir"].nunique() == 2 and not report["skipped"]
+
+
+@needs_ray
+def test_ray_launcher_points_at_an_existing_cluster_by_address():
+    """The README's cluster form composes (it cannot be run here: no cluster); a job gets the
+    CPUs it asks Ray for as torch threads."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from fedbench.threads import threads_for_job
+
+    load_registry()
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(
+            "config",
+            overrides=[
+                "hydra/launcher=ray",
+                "hydra.launcher.ray.init.address=ray://head-node:10001",
+                "+hydra.launcher.ray.remote.num_cpus=2",
+            ],
+            return_hydra_config=True,
+        )
+    GlobalHydra.instance().clear()
+    launcher = OmegaConf.to_container(cfg.hydra.launcher)
+    assert launcher["_target_"].endswith("RayLauncher")
+    assert launcher["ray"]["init"]["address"] == "ray://head-node:10001"
+    assert threads_for_job(None, launcher) == 2

@@ -65,6 +65,13 @@ def sqlite_path(uri: str) -> Path | None:
     return None if path in ("", ":memory:") else Path(path)
 
 
+def normalized(uri: str) -> str:
+    """``uri`` with a relative SQLite path made absolute: how run folders record their store,
+    so that a report or a resume from another working directory finds the same one."""
+    db = sqlite_path(uri)
+    return f"sqlite:///{db.resolve()}" if db is not None and not db.is_absolute() else uri
+
+
 def client(uri: str, http_retries: int = 2, http_timeout_s: float = 10.0):
     """An ``MlflowClient`` on ``uri`` (a SQLite file's folder is created first), with bounded
     HTTP retries so that an unreachable server costs seconds, not minutes."""
@@ -143,7 +150,7 @@ class MLflowLogger(Tracker):
             stored = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError):
             return None
-        if not isinstance(stored, dict) or stored.get("tracking_uri") != self.tracking_uri:
+        if not isinstance(stored, dict) or stored.get("tracking_uri") != normalized(self.tracking_uri):
             return None
         run_id = stored.get("run_id")
         try:
@@ -182,7 +189,11 @@ class MLflowLogger(Tracker):
             if run.run_dir is not None:
                 atomic_write_json(
                     Path(run.run_dir) / RUN_FILE,
-                    {"tracking_uri": self.tracking_uri, "experiment_id": exp, "run_id": self._run_id},
+                    {
+                        "tracking_uri": normalized(self.tracking_uri),
+                        "experiment_id": exp,
+                        "run_id": self._run_id,
+                    },
                 )
         self._client.log_batch(self._run_id, tags=[RunTag("fedbench.status", "running")])
         for row in run.rows:  # rounds done before this process that the MLflow run lacks
