@@ -226,9 +226,9 @@ def test_ray_sweep_on_a_local_ray_instance(tmp_path):
 
 
 @needs_ray
-def test_ray_launcher_points_at_an_existing_cluster_by_address():
-    """The README's cluster form composes (it cannot be run here: no cluster); a job gets the
-    CPUs it asks Ray for as torch threads."""
+def test_ray_cluster_preset_points_at_an_existing_cluster():
+    """The cluster preset composes (no cluster runs in the tests); a job gets the CPUs it asks
+    Ray for as torch threads."""
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
@@ -237,17 +237,22 @@ def test_ray_launcher_points_at_an_existing_cluster_by_address():
     load_registry()
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose(
+        preset = compose("config", overrides=["hydra/launcher=ray_cluster"], return_hydra_config=True)
+        client = compose(
             "config",
             overrides=[
-                "hydra/launcher=ray",
+                "hydra/launcher=ray_cluster",
                 "hydra.launcher.ray.init.address=ray://head-node:10001",
-                "+hydra.launcher.ray.remote.num_cpus=2",
+                "hydra.launcher.ray.remote.num_cpus=2",
             ],
             return_hydra_config=True,
         )
     GlobalHydra.instance().clear()
-    launcher = OmegaConf.to_container(cfg.hydra.launcher)
+    launcher = OmegaConf.to_container(preset.hydra.launcher)
     assert launcher["_target_"].endswith("RayLauncher")
+    # ray.init refuses an object store size when it connects: the preset leaves it to the cluster
+    assert launcher["ray"]["init"] == {"address": "auto", "object_store_memory": None}
+    assert threads_for_job(None, launcher) == 1
+    launcher = OmegaConf.to_container(client.hydra.launcher)
     assert launcher["ray"]["init"]["address"] == "ray://head-node:10001"
     assert threads_for_job(None, launcher) == 2

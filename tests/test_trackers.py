@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from conftest import TINY_MLP, StopAfter, compose_cfg, run_cli
+from conftest import TINY_MLP, StopAfter, compose_cfg, run_cli, run_report
 
 from fedbench import report as rep
 from fedbench.config import validate
@@ -204,7 +204,8 @@ def test_resume_false_starts_new_records(tmp_path):
 
 
 def _warnings(caplog) -> list[str]:
-    return [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING and r.name == "fedbench"]
+    """Every warning logged, from any logger (urllib3's retries included)."""
+    return [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
 
 
 @pytest.mark.parametrize(
@@ -214,9 +215,10 @@ def _warnings(caplog) -> list[str]:
         "http://127.0.0.1:9",  # nothing listens there (loopback): connection refused
     ],
 )
-def test_an_mlflow_store_that_fails_is_one_warning_and_the_run_goes_on(tmp_path, caplog, uri):
+@pytest.mark.parametrize("retries", [0, 1])
+def test_an_mlflow_store_that_fails_is_one_warning_and_the_run_goes_on(tmp_path, caplog, uri, retries):
     cfg = compose_cfg(
-        [*TINY_MLP, *TRACKED, f"logger.mlflow.tracking_uri={uri}", "logger.mlflow.http_retries=0"]
+        [*TINY_MLP, *TRACKED, f"logger.mlflow.tracking_uri={uri}", f"logger.mlflow.http_retries={retries}"]
     )
     with caplog.at_level("WARNING", logger="fedbench"):
         df = run(cfg, out_dir=tmp_path / "run")
@@ -300,3 +302,29 @@ def test_bad_logger_settings_are_one_line_exit_2_and_no_folder(tmp_path, args, l
     res = run_cli([*args, f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path, timeout=60)
     assert res.returncode == 2 and res.stderr.strip() == line
     assert not (tmp_path / "run").exists() and not (tmp_path / "outputs").exists()
+
+
+def test_a_tracker_added_on_resume_gets_the_earlier_rounds_too(tmp_path):
+    out = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        run(compose_cfg(THREE_ROUNDS), out_dir=out, on_round=StopAfter(2))  # no trackers yet
+    assert not (out / "tensorboard").exists()
+    run(compose_cfg([*THREE_ROUNDS, *TRACKED, f"logger.mlflow.tracking_uri={_uri(tmp_path)}"]), out_dir=out)
+    assert json.loads((out / "summary.json").read_text())["resumed_from_round"] == 2
+    parquet = pd.read_parquet(out / "metrics.parquet")
+    assert_tensorboard_matches(out / "tensorboard", parquet)
+    client = MlflowClient(_uri(tmp_path))
+    assert_mlflow_matches(client, json.loads((out / "mlflow_run.json").read_text())["run_id"], parquet)
+
+
+def test_report_mlflow_failure_is_one_warning_after_the_files_are_written(tmp_path):
+    run(compose_cfg(TINY_MLP), out_dir=tmp_path / "run")
+    res = run_report(
+        ["run", "--out", "report", "--no-figures", "--mlflow", "http://127.0.0.1:9"], cwd=tmp_path
+    )
+    assert res.returncode == 0, res.stderr
+    warnings = [line for line in res.stderr.splitlines() if "warning" in line]
+    assert len(warnings) == 1 and warnings[0].startswith(
+        "fedbench-report: warning: --mlflow http://127.0.0.1:9:"
+    )
+    assert (tmp_path / "report" / "summary.md").is_file()

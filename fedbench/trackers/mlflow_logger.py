@@ -79,6 +79,8 @@ def client(uri: str, http_retries: int = 2, http_timeout_s: float = 10.0):
     os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = str(int(http_timeout_s))
     for name in ("alembic", "mlflow.store.db.utils"):  # schema creation talks at INFO
         logging.getLogger(name).setLevel(logging.WARNING)
+    # each retry of a request is a warning of urllib3's: a failure is one line (fedbench.trackers)
+    logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)
     db = sqlite_path(uri)
     if db is not None:
         db.parent.mkdir(parents=True, exist_ok=True)
