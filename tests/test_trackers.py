@@ -73,9 +73,11 @@ def assert_mlflow_matches(client: MlflowClient, run_id: str, parquet: pd.DataFra
 
 @pytest.mark.slow
 def test_a_sweep_with_tensorboard_and_mlflow_records_what_metrics_parquet_holds(tmp_path):
-    """Two jobs, every tracker, rounds that are not evaluated (NaN accuracy): TensorBoard and
-    MLflow hold each numeric column at step = round, the config, and one experiment per sweep;
-    fedbench-report --mlflow adds the report's figures as artifacts."""
+    """Two jobs side by side (joblib: both open the new SQLite store at once), every tracker,
+    rounds that are not evaluated (NaN accuracy): TensorBoard and MLflow hold each numeric
+    column at step = round, the config, and one experiment per sweep; fedbench-report --mlflow
+    adds the report's figures as artifacts."""
+    pytest.importorskip("hydra_plugins.hydra_joblib_launcher", reason="the sweep extra")
     sweep = tmp_path / "multirun"
     res = run_cli(
         [
@@ -84,12 +86,14 @@ def test_a_sweep_with_tensorboard_and_mlflow_records_what_metrics_parquet_holds(
             *THREE_ROUNDS,
             "fl.eval_every=2",  # round 1 is not evaluated: its accuracy is NaN, not recorded
             *TRACKED,
+            "hydra/launcher=joblib",
+            "hydra.launcher.n_jobs=2",
             f"hydra.sweep.dir={sweep}",
         ],
         cwd=tmp_path,
     )
     assert res.returncode == 0, res.stderr[-3000:]
-    assert "logger." not in res.stderr  # no tracker warned
+    assert "logger." not in res.stdout + res.stderr  # no tracker warned
     runs = sorted(p for p in sweep.iterdir() if p.is_dir() and not p.name.startswith("."))
     assert len(runs) == 2
     uri = "sqlite:///" + str(tmp_path / "outputs" / "mlflow.db")  # the default store, under cwd

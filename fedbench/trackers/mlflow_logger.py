@@ -23,6 +23,7 @@ bit-identical to the lost ones) and marks it finished at the end. A fresh start 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -81,28 +82,49 @@ def client(uri: str, http_retries: int = 2, http_timeout_s: float = 10.0):
         logging.getLogger(name).setLevel(logging.WARNING)
     # each retry of a request is a warning of urllib3's: a failure is one line (fedbench.trackers)
     logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)
-    db = sqlite_path(uri)
-    if db is not None:
-        db.parent.mkdir(parents=True, exist_ok=True)
     from mlflow.tracking import MlflowClient
 
-    return MlflowClient(tracking_uri=uri)
+    with store_lock(uri):  # the first client creates the database's tables: one process at a time
+        mlflow_client = MlflowClient(tracking_uri=uri)
+        mlflow_client.search_experiments(max_results=1)  # opens (and if new, creates) the store
+    return mlflow_client
+
+
+@contextlib.contextmanager
+def store_lock(uri: str):
+    """For a SQLite store: an exclusive lock on ``<database>.lock`` beside it. Parallel sweep jobs
+    (joblib, submitit, Ray) that open a new database at once would otherwise race through its
+    schema migrations and fail; other stores need no lock."""
+    db = sqlite_path(uri)
+    if db is None:
+        yield
+        return
+    import fcntl
+
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with open(db.parent / (db.name + ".lock"), "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def experiment_id(mlflow_client, name: str, uri: str) -> str:
-    """The id of experiment ``name``, created if needed (two sweep jobs may race to create it)."""
-    found = mlflow_client.get_experiment_by_name(name)
-    if found is not None:
-        return found.experiment_id
-    db = sqlite_path(uri)
-    location = (db.parent.resolve() / "mlartifacts").as_uri() if db is not None else None
-    try:
-        return mlflow_client.create_experiment(name, artifact_location=location)
-    except Exception:  # noqa: BLE001 - created by another job meanwhile
+    """The id of experiment ``name``, created if needed (the jobs of a sweep create it once)."""
+    with store_lock(uri):
         found = mlflow_client.get_experiment_by_name(name)
-        if found is None:
-            raise
-        return found.experiment_id
+        if found is not None:
+            return found.experiment_id
+        db = sqlite_path(uri)
+        location = (db.parent.resolve() / "mlartifacts").as_uri() if db is not None else None
+        try:
+            return mlflow_client.create_experiment(name, artifact_location=location)
+        except Exception:  # noqa: BLE001 - created meanwhile by a job on another store client
+            found = mlflow_client.get_experiment_by_name(name)
+            if found is None:
+                raise
+            return found.experiment_id
 
 
 @register("logger", "mlflow")
