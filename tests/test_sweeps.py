@@ -208,12 +208,22 @@ needs_ray = pytest.mark.skipif(
 @needs_ray
 @pytest.mark.slow
 def test_ray_sweep_on_a_local_ray_instance(tmp_path):
-    """hydra/launcher=ray starts a local Ray instance and runs the jobs as Ray tasks."""
+    """hydra/launcher=ray starts a local Ray instance and runs the jobs as Ray tasks. (With
+    ``ray.init.address: null``, the plugin's default, Ray would join a cluster that ``ray start``
+    left on this machine; ``local`` always starts a new instance.)"""
     sweep = tmp_path / "multirun"
     res = run_cli(
-        ["-m", "method=lora,head_only", *TINY, "hydra/launcher=ray", f"hydra.sweep.dir={sweep}"],
+        [
+            "-m",
+            "method=lora,head_only",
+            *TINY,
+            "hydra/launcher=ray",
+            "hydra.launcher.ray.init.address=local",
+            f"hydra.sweep.dir={sweep}",
+        ],
         cwd=tmp_path,
         timeout=600,
+        env={"RAY_ADDRESS": ""},  # nor does the environment point it at one
     )
     assert res.returncode == 0, res.stderr[-3000:]
     out = res.stdout + res.stderr

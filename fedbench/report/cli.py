@@ -1,4 +1,4 @@
-"""``fedbench-report PATH... [--out DIR] [--target-accuracy X] [--baseline KEY=VALUE ...]``.
+"""``fedbench-report PATH... [--out DIR] [--target-accuracy X] [--baseline KEY=VALUE ...] [--mlflow [URI]]``.
 
 Arguments, the run, the files. PATH is run or multirun folders (searched recursively), or one
 ``runs.parquet`` that an earlier report saved (to redraw a committed report without its run

@@ -75,7 +75,11 @@ def normalized(uri: str) -> str:
 
 def client(uri: str, http_retries: int = 2, http_timeout_s: float = 10.0):
     """An ``MlflowClient`` on ``uri`` (a SQLite file's folder is created first), with bounded
-    HTTP retries so that an unreachable server costs seconds, not minutes."""
+    HTTP retries so that an unreachable server costs seconds, not minutes, and MLflow's usage
+    telemetry off."""
+    # MLflow 3 sends usage telemetry to its own servers unless told not to: a run contacts
+    # nothing but the store it was given (the environment may still say otherwise)
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = str(http_retries)
     os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = str(int(http_timeout_s))
     for name in ("alembic", "mlflow.store.db.utils"):  # schema creation talks at INFO
