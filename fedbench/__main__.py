@@ -83,7 +83,13 @@ def _task(cfg: DictConfig) -> float:
     threads = threads_for_job(spec.threads, launcher)
     if threads != spec.threads:
         spec = dataclasses.replace(spec, threads=threads)
-    choices = {k: v for k, v in hc.runtime.choices.items() if not k.startswith("hydra/") and v is not None}
+    # the run's identity for reports: the trackers (logger=) are how it is recorded, not what it is
+    choices = {
+        k: v
+        for k, v in hc.runtime.choices.items()
+        if not k.startswith("hydra/") and k != "logger" and v is not None
+    }
+    sweep = {"dir": str(hc.sweep.dir), "job": hc.job.num} if hc.mode == RunMode.MULTIRUN else None
     # A bar only for a run in this process on a terminal: launchers' workers share the terminal.
     in_process = launcher is None or "BasicLauncher" in str(launcher.get("_target_", ""))
     quiet = spec.quiet or bool(hc.verbose) or not in_process
@@ -95,7 +101,12 @@ def _task(cfg: DictConfig) -> float:
                 progress.round_done(row)
 
             rows = execute(
-                spec, out_dir=out_dir, on_round=on_round, choices=choices, on_client=progress.client_callback
+                spec,
+                out_dir=out_dir,
+                on_round=on_round,
+                choices=choices,
+                on_client=progress.client_callback,
+                sweep=sweep,
             )
     except RunFolderBusy as exc:
         if launcher is None:  # a single run: refused
@@ -117,13 +128,29 @@ def _task(cfg: DictConfig) -> float:
     try:
         print(format_table(rows, ["round", "accuracy", "bytes_up", "bytes_down", "cum_bytes"]))
         print(
-            f"final accuracy {last['accuracy']:.4f} | communicated {human_bytes(last['cum_bytes'])} "
+            f"final {_measured_on(spec)}accuracy {last['accuracy']:.4f} | communicated "
+            f"{human_bytes(last['cum_bytes'])} "
             f"(up {human_bytes(last['cum_bytes_up'])}, down {human_bytes(last['cum_bytes_down'])}) | "
             f"trainable params {int(last['trainable_params']):,} | run folder {out_dir}",
             flush=True,
         )
     except BrokenPipeError:  # `fedbench ... | head`: the reader left; the run folder is complete
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return objective(rows, spec)
+
+
+def _measured_on(spec: RunSpec) -> str:
+    return "validation " if getattr(spec.data, "validation_fraction", 0.0) else ""
+
+
+def objective(rows: list[dict], spec: RunSpec) -> float:
+    """What a sweeper (hydra/sweeper=optuna) maximises: the final accuracy (on the validation
+    split under data.validation_fraction). A run that diverged before its last round scores 0.0,
+    the worst accuracy, so that a learning rate too high to train loses instead of failing the
+    study (a NaN would be a failed trial, and optuna's sweeper stops at the first by default)."""
+    last = rows[-1]
+    if last["round"] < spec.fl.num_rounds or last["accuracy"] != last["accuracy"]:
+        return 0.0
     return float(last["accuracy"])
 
 

@@ -94,11 +94,47 @@ class _Explainer:
         except HydraException:
             return None
 
+    def _compose_loggers(self):
+        keep = [o.input_line for o in _parse(self.job) if not o.key_or_group.startswith("logger.")]
+        try:
+            return compose(self.config_name, overrides=keep)
+        except HydraException:
+            return None
+
+    def _selected_loggers(self) -> list[str] | None:
+        """The trackers the job selects (``logger=[...]``), read without its ``logger.*`` values."""
+        cfg = self._compose_loggers()
+        if cfg is None:
+            return None
+        section = cfg.get(registry.TRACKERS_KEY)
+        return list(section.keys()) if OmegaConf.is_dict(section) else []
+
+    def _logger_key(self, key: str) -> str | None:
+        """For ``logger.<name>.<field>`` whose tracker is not selected: the line saying so."""
+        parts = key.split(".")
+        if parts[0] != registry.TRACKERS_KEY or len(parts) < 2:
+            return None
+        selected = self._selected_loggers()
+        if selected is None or parts[1] in selected:
+            return None
+        known = sorted(e.name for e in registry.entries("logger"))
+        with_it = ",".join([*selected, parts[1]]) if parts[1] in known else None
+        fix = f"select it: logger=[{with_it}]" if with_it else f"loggers: {', '.join(known)}"
+        return f"{key}: logger {parts[1]} is not selected (selected: {', '.join(selected) or 'none'}); {fix}"
+
     def _schema(self, key: str, base) -> tuple[type | None, str]:
         """(the dataclass that holds ``key``'s section, how to name it)."""
         group, choice_key = _section(key)
         if group == "fl":
             return FLConfig, "fl"
+        if group == registry.TRACKERS_KEY and key.count(".") >= 2:
+            name = key.split(".")[1]
+            section = OmegaConf.select(self._compose_loggers(), f"{group}.{name}")
+            target = section.get("_target_") if OmegaConf.is_dict(section) else None
+            try:
+                return registry.lookup(target, f"{group}.{name}").cls, f"logger={name}"
+            except ConfigError:
+                return None, group
         if group in registry.CONFIG_GROUPS and base is not None:
             section = OmegaConf.select(base, group)
             target = section.get("_target_") if OmegaConf.is_dict(section) else None
@@ -123,6 +159,11 @@ class _Explainer:
         cause = exc.__cause__
         if isinstance(cause, OmegaConfBaseException) and cause.full_key:
             key = str(cause.full_key)
+            for ov in _parse(self.job):  # logger.<name>.<field>=... for a tracker not selected
+                if ov.key_or_group.startswith(key + ".") or ov.key_or_group == key:
+                    line = self._logger_key(ov.key_or_group)
+                    if line is not None:
+                        return line
             base = self._without(key)
             schema, label = self._schema(key, base)
             leaf = key.rsplit(".", 1)[-1]
@@ -144,6 +185,32 @@ class _Explainer:
         return text.splitlines()[0] if text else type(exc).__name__
 
 
+# Hydra plugin options fedbench's docs use -> the package that provides them (extras in pyproject).
+PLUGINS = {
+    "hydra/sweeper/optuna": ("hydra-optuna-sweeper", "tune"),
+    "hydra/launcher/ray": ("hydra-ray-launcher", "ray"),
+    "hydra/launcher/joblib": ("hydra-joblib-launcher", "sweep"),
+    "hydra/launcher/submitit_local": ("hydra-submitit-launcher", "sweep"),
+    "hydra/launcher/submitit_slurm": ("hydra-submitit-launcher", "sweep"),
+}
+
+
+def _composition_error(config_name: str, job: list[str], exc: Exception) -> CommandLineError:
+    """One line for a job that does not compose; a Hydra plugin that is not installed is the
+    machine's problem (exit 3), like any missing package."""
+    if isinstance(exc, MissingConfigException):
+        missing = str(exc.missing_cfg_file or "")
+        if missing in PLUGINS:
+            package, extra = PLUGINS[missing]
+            group, _, option = missing.rpartition("/")
+            return CommandLineError(
+                f"{group}={option}: needs the package {package}, which is not installed "
+                f"(pip install -c constraints.txt -e '.[{extra}]')",
+                EXIT_ENVIRONMENT,
+            )
+    return CommandLineError(_Explainer(config_name, job).explain(exc))
+
+
 def _jobs(config_name: str, args, parsed) -> list[list[str]]:
     """The override list of every job the command line launches."""
     overrides = list(args.overrides)
@@ -156,7 +223,7 @@ def _jobs(config_name: str, args, parsed) -> list[list[str]]:
     try:
         head = compose(config_name, overrides=fixed, return_hydra_config=True)
     except HydraException as exc:
-        raise CommandLineError(_Explainer(config_name, fixed).explain(exc)) from None
+        raise _composition_error(config_name, fixed, exc) from None
     if head.hydra.sweeper.get("_target_") != BASIC_SWEEPER:
         return [fixed]  # another sweeper (e.g. optuna) picks the values: check the fixed part
     node = head.hydra.sweeper.get("params")
@@ -184,7 +251,7 @@ def check_command_line(argv: list[str]) -> None:
                 try:
                     cfg = compose(config_name, overrides=job)
                 except HydraException as exc:
-                    raise CommandLineError(_Explainer(config_name, job).explain(exc)) from None
+                    raise _composition_error(config_name, job, exc) from None
                 try:
                     validate(cfg)
                 except ConfigError as exc:

@@ -24,7 +24,7 @@ from omegaconf.errors import OmegaConfBaseException
 from fedbench import registry
 from fedbench.errors import ConfigError
 from fedbench.fl.wire import ENTROPY, Wire
-from fedbench.registry import CONFIG_GROUPS, check_choices, choice, describe_fields
+from fedbench.registry import CONFIG_GROUPS, TRACKERS_KEY, check_choices, choice, describe_fields
 
 __all__ = [
     "ConfigError",
@@ -217,6 +217,9 @@ class RunSpec:
     privacy: Any = None  # fedbench.fl.privacy (validate sets it; None reads as privacy=none)
     system: Any = None  # fedbench.fl.system (validate sets it; None reads as system=none)
     entropy: str = "none"  # compression.entropy: also measure each message's zstd size
+    # logger=: the selected experiment trackers, name -> fedbench.contracts.Tracker (csv's files
+    # are written whatever this holds); not part of ``resolved``, nor of the config hash.
+    loggers: dict = field(default_factory=dict)
 
     @functools.cached_property
     def config_hash(self) -> str:
@@ -228,8 +231,9 @@ class RunSpec:
 # lacks the group means that option, and that option at its defaults is left out of the identity.
 LATER_GROUPS = {"privacy": "none", "system": "none"}
 
-# How a run is executed, not what it computes: left out of its identity.
-EXECUTION_KEYS = ("threads", "resume", "checkpoint_every", "checkpoint_keep", "quiet")
+# How a run is executed, not what it computes: left out of its identity. (``logger`` never
+# reaches a recorded config: validate() takes it out; it is listed for configs that hold it.)
+EXECUTION_KEYS = ("threads", "resume", "checkpoint_every", "checkpoint_keep", "quiet", TRACKERS_KEY)
 
 
 def _non_default(section: dict, cls: type) -> dict:
@@ -338,6 +342,15 @@ def instantiate(section: Any, key: str) -> Any:
     return obj
 
 
+def _loggers(section: Any) -> dict:
+    """The trackers ``logger=[csv,tensorboard,...]`` selected: ``logger.<name>`` sections."""
+    if section is None:
+        return {}
+    if not isinstance(section, dict):
+        raise ConfigError(TRACKERS_KEY, "must be chosen as an option, e.g. logger=[csv,tensorboard,mlflow]")
+    return {name: instantiate(sub, f"{TRACKERS_KEY}.{name}") for name, sub in section.items()}
+
+
 def validate(cfg: DictConfig | dict) -> RunSpec:
     """Check a composed config and build its components. Raises :class:`ConfigError`."""
     load_registry()
@@ -347,8 +360,9 @@ def validate(cfg: DictConfig | dict) -> RunSpec:
         resolved = OmegaConf.to_container(cfg, resolve=True)
     except OmegaConfBaseException as exc:
         raise ConfigError(str(getattr(exc, "full_key", "config")), str(exc).splitlines()[0]) from None
+    loggers = _loggers(resolved.pop(TRACKERS_KEY, None))
     settings_keys = [f.name for f in dataclasses.fields(RunSettings)]
-    allowed_top = {*settings_keys, "fl", "compression", *COMPONENT_GROUPS, *LATER_GROUPS}
+    allowed_top = {*settings_keys, "fl", "compression", *COMPONENT_GROUPS, *LATER_GROUPS, TRACKERS_KEY}
     for key in resolved:
         if key not in allowed_top:
             raise ConfigError(key, f"unknown key; known top-level keys: {', '.join(sorted(allowed_top))}")
@@ -381,7 +395,7 @@ def validate(cfg: DictConfig | dict) -> RunSpec:
         comps[key] = instantiate(section, key)
     # Cross-component checks (e.g. the model's classes cover the data's labels; privacy=central
     # refuses a median), before training.
-    for c in comps.values():
+    for c in [*comps.values(), *loggers.values()]:
         c.check_compatible(comps, fl)
     return RunSpec(
         seed=settings.seed,
@@ -396,5 +410,6 @@ def validate(cfg: DictConfig | dict) -> RunSpec:
         compression_down=down,
         entropy=entropy,
         resolved=resolved,
+        loggers=loggers,
         **comps,
     )

@@ -1,5 +1,5 @@
 """The plug-in contracts: what a model, method, dataset, strategy, codec or privacy mechanism
-offers the engine.
+offers the engine, and what an experiment tracker offers the run.
 
 Every component is a dataclass registered with :func:`fedbench.registry.register`; its fields are
 its settings and their defaults (the only place they live), and it derives from one of the base
@@ -310,6 +310,21 @@ class Population:
         if self.system is None or not self.system.active:
             return None
         return self.system.link(client, self.seed)
+class Tracker(Component):
+    """An experiment tracker that also receives a run's rows (``logger=``; several at once with
+    ``logger=[csv,tensorboard,mlflow]``). The run folder's own files (metrics.csv/parquet,
+    summary.json) are written whatever the trackers do: :mod:`fedbench.trackers` calls these
+    hooks, and a hook that raises becomes one warning line and drops that tracker, never the run.
+    ``run`` is a :class:`fedbench.trackers.TrackedRun` (folder, name, config, resume state)."""
+
+    def open(self, run: Any) -> None:
+        """Called once before the first round of this process (after a resume too)."""
+
+    def log_row(self, row: dict) -> None:
+        """One metrics row (the run-folder contract's columns), as the round ends."""
+
+    def close(self, status: str, summary: dict) -> None:
+        """Called once when the run ends: ``status`` as summary.json records it."""
 
 
 GROUP_BASES: dict[str, type] = {
@@ -320,4 +335,5 @@ GROUP_BASES: dict[str, type] = {
     "codec": Codec,
     "privacy": Privacy,
     "system": System,
+    "logger": Tracker,
 }

@@ -44,6 +44,7 @@ OWN_PACKAGES = (
     "fedbench.fl.comm",
     "fedbench.fl.privacy",
     "fedbench.fl.system",
+    "fedbench.trackers",
 )
 # Config keys of a run that name a component, and the registry group each draws from.
 CONFIG_GROUPS = {
@@ -57,6 +58,19 @@ CONFIG_GROUPS = {
     "system": "system",
 }
 SCHEMA_ROOT = "fedbench"  # structured configs live under /fedbench/<group>/<name>
+# The config key under which several trackers are selected at once (``logger=[csv,mlflow]``):
+# each selected option is its own section, ``logger.<name>``, holding a registered "logger".
+TRACKERS_KEY = "logger"
+
+
+def group_of(key: str) -> str | None:
+    """The registry group a config section draws from (``method`` -> method,
+    ``compression.up`` -> codec, ``logger.mlflow`` -> logger), or None."""
+    if key in CONFIG_GROUPS:
+        return CONFIG_GROUPS[key]
+    if key.split(".")[0] == TRACKERS_KEY and key.count(".") == 1:
+        return "logger"
+    return None
 
 
 @dataclass(frozen=True)
@@ -133,6 +147,9 @@ def _store(entry: Entry) -> None:
         for key, group in CONFIG_GROUPS.items():
             if group == entry.group:
                 cs.store(group=key.replace(".", "/"), name=entry.name, node=node, provider=entry.origin)
+        if entry.group == "logger":  # logger=[csv,<name>]: its section is logger.<name>
+            wrapped = OmegaConf.create({entry.name: node})
+            cs.store(group=TRACKERS_KEY, name=entry.name, node=wrapped, provider=entry.origin)
 
 
 def load() -> None:
@@ -164,7 +181,7 @@ def lookup(target: object, key: str) -> Entry:
     load()
     entry = _entries.get(target) if isinstance(target, str) else None
     if entry is None:
-        group = CONFIG_GROUPS.get(key, key)
+        group = group_of(key) or key
         known = ", ".join(sorted(f"{e.name} ({e.target})" for e in _entries.values() if e.group == group))
         raise ConfigError(
             f"{key}._target_",
@@ -173,7 +190,7 @@ def lookup(target: object, key: str) -> Entry:
             "entry-point group)",
             target,
         )
-    expected = CONFIG_GROUPS.get(key)
+    expected = group_of(key)
     if expected is not None and entry.group != expected:
         raise ConfigError(f"{key}._target_", f"names a {entry.group}, not a {expected}", target)
     return entry

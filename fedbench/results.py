@@ -260,12 +260,14 @@ def _csv_row(row: dict) -> dict:
 
 
 def write_label_histogram(data, out_dir: Path) -> None:
-    """``clients.csv``: samples per label for every client (and the test set), one row each."""
+    """``clients.csv``: samples per label for every client (and the test set, or the validation
+    set that replaces it), one row each."""
     import torch
 
     n = int(data.num_classes)
     lines = ["client,size," + ",".join(f"label_{i}" for i in range(n))]
-    sets = [(str(i), data.client_labels(i)) for i in range(len(data.clients))] + [("test", data.test[1])]
+    held = getattr(data, "evaluated_on", "test")  # "validation" when tuning replaced the test set
+    sets = [(str(i), data.client_labels(i)) for i in range(len(data.clients))] + [(held, data.test[1])]
     for name, y in sets:
         counts = torch.bincount(y.reshape(-1).long(), minlength=n).tolist()
         lines.append(f"{name},{len(y)}," + ",".join(map(str, counts)))

@@ -41,6 +41,7 @@ PURPOSES = {
     "privacy": 7,
     "client_split": 8,
     "system": 9,
+    "validation_split": 10,
 }
 
 

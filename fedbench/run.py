@@ -22,7 +22,7 @@ from omegaconf import DictConfig
 import fedbench
 from fedbench import checkpoint, registry, rng
 from fedbench.config import RunSpec, config_hash, validate
-from fedbench.data.client_split import hold_out
+from fedbench.data.client_split import carve_validation, hold_out
 from fedbench.errors import ConfigError, DamagedRunFolder
 from fedbench.fl.faults import FaultPlan
 from fedbench.fl.state import FlatParams
@@ -45,6 +45,7 @@ from fedbench.results import (
     write_label_histogram,
 )
 from fedbench.rng import Streams
+from fedbench.trackers import TrackedRun, Trackers
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -74,6 +75,8 @@ def build(spec: RunSpec):
     streams.seed_global("data")
     data = spec.data.build(spec.fl.num_clients, spec.seed)
     data = hold_out(data, getattr(spec.data, "client_test_fraction", 0.0), spec.seed)
+    # tuning: a validation split of the clients' training data replaces the test set
+    data = carve_validation(data, getattr(spec.data, "validation_fraction", 0.0), spec.seed)
     streams.seed_global("init", "backbone")
     model = spec.model.build()
     streams.seed_global("init", "method")  # for modules a method creates without rng.module_init
@@ -229,6 +232,7 @@ def run(
     on_round: Callable[[dict, RunSpec], None] | None = None,
     choices: dict | None = None,
     on_client: Callable[[int, int, int], None] | None = None,
+    sweep: dict | None = None,
 ) -> pd.DataFrame:
     """Run one configuration; write the run-folder files into ``out_dir`` when given.
 
@@ -238,8 +242,10 @@ def run(
     is recorded in ``summary.json`` as the run's identity for reports. Returns the metrics
     table (one row per completed round). ``on_round(row, spec)`` is called after each round,
     ``on_client(round, clients done, clients selected)`` as clients finish local training.
+    ``sweep`` (``{"dir": multirun folder, "job": number}``): the multirun this run is a job of,
+    for the trackers (``logger=``; an MLflow experiment per sweep).
     """
-    return frame(execute(cfg, out_dir, on_round, choices, on_client))
+    return frame(execute(cfg, out_dir, on_round, choices, on_client, sweep))
 
 
 def execute(
@@ -248,6 +254,7 @@ def execute(
     on_round: Callable[[dict, RunSpec], None] | None = None,
     choices: dict | None = None,
     on_client: Callable[[int, int, int], None] | None = None,
+    sweep: dict | None = None,
 ) -> list[dict]:
     """:func:`run` returning the metrics rows as dicts (the CLI's path: no pandas import).
 
@@ -257,7 +264,7 @@ def execute(
     spec = cfg if isinstance(cfg, RunSpec) else validate(cfg)
     out = Path(out_dir) if out_dir is not None else None
     with run_folder_lock(out):
-        return _execute(spec, out, on_round, choices, on_client)
+        return _execute(spec, out, on_round, choices, on_client, sweep)
 
 
 def _execute(
@@ -266,6 +273,7 @@ def _execute(
     on_round: Callable[[dict, RunSpec], None] | None,
     choices: dict | None,
     on_client: Callable[[int, int, int], None] | None,
+    sweep: dict | None = None,
 ) -> list[dict]:
     saved = None
     if out is not None and out.is_dir():
@@ -307,6 +315,22 @@ def _execute(
         write_label_histogram(data, out)
     writer = MetricsWriter(out, rows, rewrite=saved is not None)
     client_writer = ClientMetricsWriter(out, resume_round=resumed_from)
+    run_choices = dict(choices) if choices else component_names(spec.resolved)
+    trackers = Trackers(
+        spec.loggers,
+        TrackedRun(
+            run_dir=out,
+            name=out.name if out is not None else "fedbench",
+            config=spec.resolved,
+            config_hash=spec.config_hash,
+            choices=run_choices,
+            sweep_dir=(sweep or {}).get("dir"),
+            job_num=(sweep or {}).get("job"),
+            resumed_from=resumed_from,
+            rows=list(rows),
+        ),
+    )
+    trackers.open()
     every = spec.checkpoint_every
     status = "running"
     try:
@@ -317,6 +341,7 @@ def _execute(
                 row.pop("_all_nonfinite")
                 client_writer.append(row.pop("_clients"))
                 row = writer.append(row)
+                trackers.log_row(row)
                 last = engine.round == spec.fl.num_rounds
                 if out is not None and every and (engine.round % every == 0 or last or diverged):
                     tensors, meta = engine.state_dict()
@@ -350,10 +375,12 @@ def _execute(
             "clients_per_round": spec.fl.clients_per_round,
             "threads": threads,
             "rng": spec.rng,
+            # what accuracy was measured on: "test", or "validation" (data.validation_fraction)
+            "evaluated_on": data.evaluated_on,
             "torch_version": torch.__version__,
             "fedbench_version": fedbench.__version__,
             "config_hash": spec.config_hash,
-            "choices": dict(choices) if choices else component_names(spec.resolved),
+            "choices": run_choices,
             "resumed_from_round": resumed_from,
             "started_at": started,
             "finished_at": _now(),
@@ -363,6 +390,9 @@ def _execute(
         privacy = engine.privacy.summary(engine.round)
         if privacy:  # privacy=none records nothing
             summary["privacy"] = privacy
-        client_writer.finish()
-        rows = writer.finish(summary)
+        try:
+            client_writer.finish()
+            rows = writer.finish(summary)
+        finally:
+            trackers.close(status, summary)
     return rows

@@ -29,6 +29,7 @@ GROUP_DIRS = {
     "codec": ["compression/up", "compression/down"],
     "privacy": ["privacy"],
     "system": ["system"],
+    "logger": ["logger"],
 }
 
 
@@ -87,7 +88,8 @@ def test_every_field_of_every_option_is_settable_with_plain_key_value():
         for path in sorted((ROOT / "conf" / d).glob("*.yaml")):
             _, name = _yaml_option(path)
             cls = registry._by_name[(group, name)].cls
-            key = d.replace("/", ".")
+            # a logger's section is logger.<name> (several are selected at once: logger=[csv,mlflow])
+            key = f"logger.{path.stem}" if group == "logger" else d.replace("/", ".")
             for f in dataclasses.fields(cls):
                 default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
                 cfg = compose_cfg([f"{d}={path.stem}", f"{key}.{f.name}={_default_text(default)}"])

@@ -12,7 +12,7 @@ from conftest import CONF, TINY_MLP, compose_cfg, run_cli
 from omegaconf import OmegaConf
 
 from fedbench import report as rep
-from fedbench.config import validate
+from fedbench.config import load_registry, validate
 
 TINY = [t for t in TINY_MLP if not t.startswith("threads=")]  # threads come from the launcher
 
@@ -187,6 +187,7 @@ def test_slurm_preset_composes():
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
+    load_registry()  # the components' schemas (alone, this test would not find them)
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose(
@@ -197,3 +198,71 @@ def test_slurm_preset_composes():
     from fedbench.threads import threads_for_job
 
     assert threads_for_job(None, OmegaConf.to_container(launcher)) == 1
+
+
+needs_ray = pytest.mark.skipif(
+    not has_plugin("hydra_ray_launcher"), reason="hydra-ray-launcher not installed (pip install -e '.[ray]')"
+)
+
+
+@needs_ray
+@pytest.mark.slow
+def test_ray_sweep_on_a_local_ray_instance(tmp_path):
+    """hydra/launcher=ray starts a local Ray instance and runs the jobs as Ray tasks. (With
+    ``ray.init.address: null``, the plugin's default, Ray would join a cluster that ``ray start``
+    left on this machine; ``local`` always starts a new instance.)"""
+    sweep = tmp_path / "multirun"
+    res = run_cli(
+        [
+            "-m",
+            "method=lora,head_only",
+            *TINY,
+            "hydra/launcher=ray",
+            "hydra.launcher.ray.init.address=local",
+            f"hydra.sweep.dir={sweep}",
+        ],
+        cwd=tmp_path,
+        timeout=600,
+        env={"RAY_ADDRESS": ""},  # nor does the environment point it at one
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    out = res.stdout + res.stderr
+    assert "Ray Launcher is launching 2 jobs" in out and "Started a local Ray instance" in out
+    s = summaries(sweep)
+    assert [x["choices"]["method"] for x in s] == ["lora", "head_only"]
+    assert {x["status"] for x in s} == {"complete"} and [x["threads"] for x in s] == [1, 1]
+    report = rep.report([str(sweep)], tmp_path / "report", figures=False)
+    assert report["runs"]["run_dir"].nunique() == 2 and not report["skipped"]
+
+
+@needs_ray
+def test_ray_cluster_preset_points_at_an_existing_cluster():
+    """The cluster preset composes (no cluster runs in the tests); a job gets the CPUs it asks
+    Ray for as torch threads."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from fedbench.threads import threads_for_job
+
+    load_registry()
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        preset = compose("config", overrides=["hydra/launcher=ray_cluster"], return_hydra_config=True)
+        client = compose(
+            "config",
+            overrides=[
+                "hydra/launcher=ray_cluster",
+                "hydra.launcher.ray.init.address=ray://head-node:10001",
+                "hydra.launcher.ray.remote.num_cpus=2",
+            ],
+            return_hydra_config=True,
+        )
+    GlobalHydra.instance().clear()
+    launcher = OmegaConf.to_container(preset.hydra.launcher)
+    assert launcher["_target_"].endswith("RayLauncher")
+    # ray.init refuses an object store size when it connects: the preset leaves it to the cluster
+    assert launcher["ray"]["init"] == {"address": "auto", "object_store_memory": None}
+    assert threads_for_job(None, launcher) == 1
+    launcher = OmegaConf.to_container(client.hydra.launcher)
+    assert launcher["ray"]["init"]["address"] == "ray://head-node:10001"
+    assert threads_for_job(None, launcher) == 2

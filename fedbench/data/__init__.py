@@ -10,13 +10,16 @@ import torch
 @dataclass
 class FederatedData:
     """Client training sets and one shared test set, as tensors; ``client_tests``: each
-    client's own held-out split (None: no per-client evaluation)."""
+    client's own held-out split (None: no per-client evaluation). ``evaluated_on``: what
+    ``test`` holds: the test set, or (``data.validation_fraction``) a validation split carved
+    from the clients' training data, which then replaces it."""
 
     clients: list[tuple[torch.Tensor, torch.Tensor]]
     test: tuple[torch.Tensor, torch.Tensor]
     num_classes: int
     partition: str
     client_tests: list[tuple[torch.Tensor, torch.Tensor]] | None = None
+    evaluated_on: str = "test"  # "test" | "validation"
 
     def client_sizes(self) -> list[int]:
         return [len(y) for _, y in self.clients]

@@ -49,6 +49,13 @@ class LazyTutorialData(TutorialData):
                 "which lazy data never holds); use data=tutorial",
                 self.client_test_fraction,
             )
+        if self.validation_fraction:
+            raise ConfigError(
+                "data.validation_fraction",
+                "must be 0 for data=tutorial_lazy (a validation split is carved from clients held "
+                "in memory); use data=tutorial",
+                self.validation_fraction,
+            )
 
     def labels(self, n: int, gen: torch.Generator) -> torch.Tensor:
         """The first draw of :meth:`make`: a client's labels without its features."""

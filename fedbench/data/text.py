@@ -40,7 +40,7 @@ import torch
 from fedbench.contracts import DataConfig
 from fedbench.data import FederatedData
 from fedbench.data import partition as part
-from fedbench.data.client_split import check_fraction
+from fedbench.data.client_split import check_fraction, check_validation_fraction
 from fedbench.errors import ConfigError, MissingPackage
 from fedbench.models.pretrained import minilm_path
 from fedbench.registry import register
@@ -382,6 +382,9 @@ class TextClassification(DataConfig):
     partition_seed: Optional[int] = None  # noqa: UP045 - null = the run's seed
     # Share of each client's articles held out as its own test set (0 = no per-client evaluation).
     client_test_fraction: float = 0.0
+    # Share of each client's training articles pooled into a validation set that the run evaluates
+    # on instead of the test set (tuning: experiment=tune_lr); 0 = the test set.
+    validation_fraction: float = 0.0
 
     token_ids = True  # what the model's forward receives (a class attribute, not a setting)
 
@@ -409,6 +412,7 @@ class TextClassification(DataConfig):
             self.partition, self.alpha, self.shards_per_client, self.min_size, num_classes=self.num_classes
         )
         check_fraction(self.client_test_fraction)
+        check_validation_fraction(self.validation_fraction, self.min_size, self.client_test_fraction)
 
     @property
     def source(self) -> Source:

@@ -15,7 +15,7 @@ import torch
 
 from fedbench.contracts import DataConfig
 from fedbench.data import FederatedData
-from fedbench.data.client_split import check_fraction
+from fedbench.data.client_split import check_fraction, check_validation_fraction
 from fedbench.errors import ConfigError
 from fedbench.registry import register
 
@@ -30,14 +30,21 @@ class TutorialData(DataConfig):
     signal: float = 1.0
     # Share of each client's samples held out as its own test set (0 = no per-client evaluation).
     client_test_fraction: float = 0.0
+    # Share of each client's training samples pooled into a validation set that the run evaluates
+    # on instead of the test set (tuning: experiment=tune_lr); 0 = the test set.
+    validation_fraction: float = 0.0
 
     def __post_init__(self) -> None:
         check_fraction(self.client_test_fraction)
+        check_validation_fraction(self.validation_fraction)
         for key in ("dim", "samples_per_client", "test_size"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"data.{key}", "must be an integer >= 1", getattr(self, key))
         if self.num_classes < 2:
             raise ConfigError("data.num_classes", "must be an integer >= 2", self.num_classes)
+        check_validation_fraction(
+            self.validation_fraction, self.samples_per_client, self.client_test_fraction
+        )
 
     @property
     def input_dim(self) -> int:

@@ -1,4 +1,4 @@
-"""``fedbench-report PATH... [--out DIR] [--target-accuracy X] [--baseline KEY=VALUE ...]``.
+"""``fedbench-report PATH... [--out DIR] [--target-accuracy X] [--baseline KEY=VALUE ...] [--mlflow [URI]]``.
 
 Arguments, the run, the files. PATH is run or multirun folders (searched recursively), or one
 ``runs.parquet`` that an earlier report saved (to redraw a committed report without its run
@@ -22,11 +22,13 @@ import pandas as pd
 
 import fedbench.report.figures as _figures
 from fedbench.report.discovery import collect_runs
-from fedbench.report.errors import PROG, ReportError, info
+from fedbench.report.errors import PROG, ReportError, info, warn
 from fedbench.report.markdown import summary_markdown
 from fedbench.report.paired import paired_differences, parse_pair, select_configuration
 from fedbench.report.statistics import DEFAULT_TARGET_FRACTION, build_summary
 from fedbench.report.tables import build_runs_table, is_saved_table, load_table
+from fedbench.report.tracking import REPORT_EXPERIMENT
+from fedbench.trackers.mlflow_logger import DEFAULT_URI
 
 
 def write_outputs(
@@ -108,6 +110,21 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--no-figures", action="store_true", help="tables only")
     p.add_argument(
+        "--mlflow",
+        nargs="?",
+        const=DEFAULT_URI,
+        default=None,
+        metavar="URI",
+        help="also log the figures and tables as artifacts of one MLflow run on this store "
+        f"(default {DEFAULT_URI}; or a tracking server, http://host:port)",
+    )
+    p.add_argument(
+        "--mlflow-experiment",
+        metavar="NAME",
+        help="the MLflow experiment for --mlflow (default: the one the reported runs were tracked "
+        f"in, when they share one, else {REPORT_EXPERIMENT})",
+    )
+    p.add_argument(
         "--baseline",
         nargs="+",
         type=_pair,
@@ -126,12 +143,20 @@ def report(
     target_fraction: float = DEFAULT_TARGET_FRACTION,
     figures: bool = True,
     baseline: list[tuple[str, str]] | list[str] | None = None,
+    mlflow: str | None = None,
+    mlflow_experiment: str | None = None,
 ) -> dict:
     """Run the report; returns what it did (also used by tests and the notebook).
 
     ``baseline``: ``(key, value)`` pairs (or ``"key=value"`` strings) selecting the configuration
     the others are compared with, seed by seed; checked before anything is written.
+    ``mlflow``: a tracking URI; the written figures and tables then also become artifacts of one
+    MLflow run (:mod:`fedbench.report.tracking`; a failure there is one warning line).
     """
+    if mlflow is not None:
+        from fedbench.report.tracking import check_available
+
+        check_available()
     try:
         pairs = [parse_pair(b) if isinstance(b, str) else tuple(b) for b in baseline or []]
     except ValueError as exc:
@@ -162,7 +187,21 @@ def report(
         f"{n_runs} run(s), {len(summary)} configuration(s), {len(df)} rows; "
         f"target accuracy {how['target']:.4f}; wrote {len(written)} files to {out}"
     )
+    mlflow_run = None
+    if mlflow is not None:
+        from fedbench.report.tracking import log_report
+
+        try:
+            mlflow_run = log_report(out, written, df, mlflow, mlflow_experiment, how)
+        except Exception as exc:  # noqa: BLE001 - the report's files are written: a warning
+            detail = " ".join(str(exc).split())[:300]
+            warn(
+                f"--mlflow {mlflow}: logging the report failed ({type(exc).__name__}: {detail}); its files are in {out}"
+            )
+        else:
+            info(f"logged the report to MLflow ({mlflow}, run {mlflow_run})")
     return {
+        "mlflow_run": mlflow_run,
         "runs": df,
         "summary": summary,
         "target": how,
@@ -183,6 +222,8 @@ def main(argv: list[str] | None = None) -> int:
             args.target_fraction,
             not args.no_figures,
             baseline=args.baseline,
+            mlflow=args.mlflow,
+            mlflow_experiment=args.mlflow_experiment,
         )
     except ReportError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
