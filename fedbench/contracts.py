@@ -310,6 +310,8 @@ class Population:
         if self.system is None or not self.system.active:
             return None
         return self.system.link(client, self.seed)
+
+
 class Tracker(Component):
     """An experiment tracker that also receives a run's rows (``logger=``; several at once with
     ``logger=[csv,tensorboard,mlflow]``). The run folder's own files (metrics.csv/parquet,
