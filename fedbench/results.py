@@ -34,6 +34,7 @@ COLUMNS = [
     "round",
     "accuracy",
     "test_loss",
+    "perplexity",
     "train_loss",
     "client_acc_mean",
     "client_acc_std",
@@ -73,7 +74,9 @@ CLIENT_COLUMNS = ("client_acc_mean", "client_acc_std", "client_acc_p10", "client
 # clock (NaN under system=none); ``merge_rank``: exact LoRA's stacked rank (NaN otherwise).
 WIRE_COLUMNS = ("wire_bytes_up", "wire_bytes_down", "cum_wire_bytes", "zstd_bytes_up", "zstd_bytes_down")
 SYSTEM_COLUMNS = ("sim_round_s", "sim_time_s", "merge_rank")
-OPTIONAL_COLUMNS = frozenset((*CLIENT_COLUMNS, "epsilon", *WIRE_COLUMNS, *SYSTEM_COLUMNS))
+# ``perplexity``: exp(test loss per predicted token) of next-token prediction (causal LMs); NaN for
+# classification and in run folders written before causal LMs.
+OPTIONAL_COLUMNS = frozenset((*CLIENT_COLUMNS, "epsilon", "perplexity", *WIRE_COLUMNS, *SYSTEM_COLUMNS))
 # Columns that rows of older run folders lack, with the value that is true for those rows.
 LEGACY_DEFAULTS = {"stragglers": 0}
 INT_COLUMNS = {
@@ -264,6 +267,16 @@ def write_label_histogram(data, out_dir: Path) -> None:
     import torch
 
     n = int(data.num_classes)
+    if data.test[1].dim() > 1:  # next-token targets: windows and predicted tokens per client
+        names = getattr(data, "client_names", None)
+        lines = ["client,size,tokens" + (",name" if names else "")]
+        for i, (_, y) in enumerate(data.clients):
+            tail = f",{json.dumps(names[i])}" if names else ""
+            lines.append(f"{i},{len(y)},{int((y != -100).sum())}{tail}")
+        y = data.test[1]
+        lines.append(f"test,{len(y)},{int((y != -100).sum())}" + ("," if names else ""))
+        atomic_write_bytes(Path(out_dir) / CLIENTS_CSV, ("\n".join(lines) + "\n").encode())
+        return
     lines = ["client,size," + ",".join(f"label_{i}" for i in range(n))]
     sets = [(str(i), data.client_labels(i)) for i in range(len(data.clients))] + [("test", data.test[1])]
     for name, y in sets:
