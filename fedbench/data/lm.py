@@ -46,7 +46,7 @@ from fedbench.contracts import DataConfig
 from fedbench.data import FederatedData
 from fedbench.errors import ConfigError, MissingPackage
 from fedbench.fl.loss import IGNORE
-from fedbench.registry import check_choices, choice, register
+from fedbench.registry import register
 
 log = logging.getLogger("fedbench")
 
@@ -223,7 +223,7 @@ class Shakespeare(LanguageData):
     seq_len: int = 64  # tokens per window (inputs; targets are shifted by one)
     num_classes: int = 0  # no labels: the targets are tokens (a classifier's head would be refused)
     min_chars: int = 2000  # roles with less speech are not clients
-    partition: str = choice("speakers", LM_PARTITIONS)
+    partition: str = "speakers"  # speakers (one client per role) | iid
     test_fraction: float = 0.1  # of each chosen role's windows (at least one)
     test_size: Optional[int] = 256  # noqa: UP045 - cap on the test windows (null: all)
     max_windows: Optional[int] = 32  # noqa: UP045 - cap on each client's training windows (null: all)
@@ -233,7 +233,8 @@ class Shakespeare(LanguageData):
     windows = True
 
     def __post_init__(self) -> None:
-        check_choices(self, "data")
+        if self.partition not in LM_PARTITIONS:
+            raise ConfigError("data.partition", f"must be one of: {', '.join(LM_PARTITIONS)}", self.partition)
         if not 2 <= self.seq_len <= 8192:
             raise ConfigError("data.seq_len", "must be an integer in [2, 8192]", self.seq_len)
         if self.min_chars < 0:
@@ -399,13 +400,14 @@ class JsonlInstructions(LanguageData):
     path: Optional[str] = None  # noqa: UP045 - the file (required)
     max_length: int = 128  # tokens per example (prompt + response), right-padded or truncated
     num_classes: int = 0  # no labels: the targets are tokens
-    partition: str = choice("clients", JSONL_PARTITIONS)  # clients: the `client` field if present
+    partition: str = "clients"  # clients (the `client` field, if present) | iid
     test_fraction: float = 0.2
     client_seed: Optional[int] = None  # noqa: UP045
     tokenizer: Optional[str] = None  # noqa: UP045 - folder with tokenizer.json; null = the model's
 
     def __post_init__(self) -> None:
-        check_choices(self, "data")
+        if self.partition not in JSONL_PARTITIONS:
+            raise ConfigError("data.partition", f"must be one of: {', '.join(JSONL_PARTITIONS)}", self.partition)
         if self.path is None:
             raise ConfigError(
                 "data.path", "is required: a JSON-lines file (instruction, input, output, client)"
