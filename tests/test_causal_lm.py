@@ -238,6 +238,7 @@ def test_classification_data_on_a_causal_lm_is_refused():
         validate(compose_cfg(["model=tiny_bert", "data=shakespeare"]))
 
 
+@pytest.mark.slow  # five fresh processes (~10 s each)
 @pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is present here")
 def test_cli_refuses_bad_input_with_one_line_and_no_folder(tmp_path):
     from fedbench.models.pretrained import minilm_path
