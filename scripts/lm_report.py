@@ -47,6 +47,27 @@ def load(sweep: Path) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def base_perplexity(sweep: Path, df: pd.DataFrame) -> dict[int, tuple[float, float]]:
+    """seed -> (perplexity, next-token accuracy) of the untrained model on that seed's test set
+    (the roles, and so the test windows, depend on the seed; LoRA at initialisation is the base)."""
+    import torch
+
+    from fedbench.config import validate
+    from fedbench.fl.local import evaluate
+    from fedbench.fl.loss import perplexity
+    from fedbench.run import build
+
+    out = {}
+    for seed, runs in df[df["arm"].str.contains("lora")].groupby("seed")["run"]:
+        cfg = json.loads((sweep / runs.iloc[0] / "summary.json").read_text())["config"]
+        spec = validate(cfg)
+        torch.set_num_threads(spec.threads or 1)
+        data, model, _ = build(spec)
+        acc, loss = evaluate(model, *data.test, batch_size=spec.fl.eval_batch_size, draw_loader_seed=False)
+        out[int(seed)] = (perplexity(loss), acc)
+    return out
+
+
 def _markdown(table: pd.DataFrame) -> list[str]:
     def cell(v):
         if isinstance(v, float):
@@ -62,6 +83,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("sweep", type=Path)
     ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--base", action="store_true", help="also evaluate the untrained model (round 0)")
     args = ap.parse_args()
     df = load(args.sweep)
     if df.empty:
@@ -91,6 +113,16 @@ def main() -> None:
         *_markdown(table),
         "",
     ]
+    if args.base:
+        base = base_perplexity(args.sweep, df)
+        lines += [
+            "Before any training (the pretrained model on each seed's test windows): "
+            + "; ".join(
+                f"seed {k}: perplexity {p:.2f}, next-token accuracy {a:.4f}"
+                for k, (p, a) in sorted(base.items())
+            ),
+            "",
+        ]
     (args.out / "perplexity.md").write_text("\n".join(lines))
     import matplotlib
 
