@@ -353,3 +353,34 @@ def test_cuda_run_matches_cpu_bytes(tmp_path, model):
     c, g = cpu.iloc[-1], gpu.iloc[-1]
     assert g["bytes_up"] == c["bytes_up"] and g["wire_bytes_up"] == c["wire_bytes_up"]
     assert abs(g["test_loss"] - c["test_loss"]) < 1e-2
+
+
+def test_device_resolution_and_bf16_support(monkeypatch):
+    import fedbench.device as dev
+
+    assert dev.resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    monkeypatch.setattr(dev, "_available", lambda kind: kind in ("cpu", "cuda"))
+    assert dev.resolve_device("auto").type == "cuda"
+    with pytest.raises(ConfigError, match="mps is not available"):
+        dev.resolve_device("mps")
+    monkeypatch.setattr(dev, "bf16_supported", lambda device: device.type == "cpu")
+    with pytest.raises(ConfigError, match="bf16 is not supported on cuda"):
+        dev.check_precision("bf16", "cuda")
+    dev.check_precision("bf16", "cpu")
+    with pytest.raises(ConfigError, match="precision"):
+        dev.check_precision("fp8", "cpu")
+
+
+def test_payloads_stay_on_cpu_and_resume_is_exact(tmp_path):
+    from fedbench.run import execute
+
+    out = tmp_path / "run"
+    cfg = compose_cfg([*TINY_LM, "fl.num_rounds=2"])
+    full = run(cfg, tmp_path / "full")
+    from conftest import StopAfter
+
+    with pytest.raises(KeyboardInterrupt):
+        execute(cfg, out_dir=out, on_round=StopAfter(1))
+    resumed = execute(cfg, out_dir=out)
+    assert [r["test_loss"] for r in resumed] == list(full["test_loss"])
+    assert (out / "samples.md").is_file() and "Before round 1" in (out / "samples.md").read_text()
