@@ -252,10 +252,6 @@ class CausalLMModel(ModelConfig):
                 fl.engine,
             )
         length = data.max_length
-        if length + 1 > self.max_positions and getattr(data, "windows", False):
-            raise ConfigError(
-                "data.seq_len", f"must be < the model's context of {self.max_positions} tokens", length
-            )
         if length > self.max_positions:
             raise ConfigError(
                 "data.max_length" if not getattr(data, "windows", False) else "data.seq_len",
