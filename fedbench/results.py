@@ -321,6 +321,10 @@ def summarize(rows: list[dict]) -> dict:
     with_clients = [
         r for r in evaluated if r.get("client_acc_mean", float("nan")) == r.get("client_acc_mean")
     ]
+    if final is not None and final.get("perplexity", math.nan) == final.get("perplexity"):
+        out["final_perplexity"] = _json_number(final["perplexity"])  # causal LMs (inf: null)
+        if out["final_perplexity"] == math.inf:
+            out["final_perplexity"] = None
     if with_clients:
         out["final_client_acc_mean"] = with_clients[-1]["client_acc_mean"]
         out["final_client_acc_p10"] = with_clients[-1]["client_acc_p10"]

@@ -166,6 +166,7 @@ def test_tiny_llama_shakespeare_run_folder(tmp_path):
     assert header == "client,size,tokens,name"
     summary = json.loads((out / "summary.json").read_text())
     assert summary["status"] == "complete"
+    assert summary["final_perplexity"] == pytest.approx(last["perplexity"])
 
 
 def test_classification_rows_keep_perplexity_nan():
