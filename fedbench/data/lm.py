@@ -407,7 +407,9 @@ class JsonlInstructions(LanguageData):
 
     def __post_init__(self) -> None:
         if self.partition not in JSONL_PARTITIONS:
-            raise ConfigError("data.partition", f"must be one of: {', '.join(JSONL_PARTITIONS)}", self.partition)
+            raise ConfigError(
+                "data.partition", f"must be one of: {', '.join(JSONL_PARTITIONS)}", self.partition
+            )
         if self.path is None:
             raise ConfigError(
                 "data.path", "is required: a JSON-lines file (instruction, input, output, client)"
