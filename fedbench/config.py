@@ -69,8 +69,16 @@ class RunSettings:
     # method, codec, strategy, lr or evaluation schedule see the same clients and batches;
     # tutorial = the seed script's single coupled stream (the only way to reproduce its numbers).
     rng: str = choice("paired", ("paired", "tutorial"))
+    # Where the run computes (fedbench.device): auto (cuda if available, else cpu) | cpu | cuda | mps.
+    device: str = choice("auto", ("auto", "cpu", "cuda", "mps"))
+    # fp32 | bf16 (autocast of Hugging Face models' forward; weights and optimizer stay fp32).
+    precision: str = choice("fp32", ("fp32", "bf16"))
 
     def __post_init__(self) -> None:
+        from fedbench.device import check_precision, resolve_device
+
+        resolve_device(self.device)
+        check_precision(self.precision, self.device)
         if self.rng not in ("paired", "tutorial"):
             raise ConfigError("rng", "must be one of: paired, tutorial", self.rng)
         if self.seed < 0:
@@ -220,6 +228,8 @@ class RunSpec:
     # logger=: the selected experiment trackers, name -> fedbench.contracts.Tracker (csv's files
     # are written whatever this holds); not part of ``resolved``, nor of the config hash.
     loggers: dict = field(default_factory=dict)
+    device: str = "auto"  # fedbench.device (an execution key: not part of the run's identity)
+    precision: str = "fp32"
 
     @functools.cached_property
     def config_hash(self) -> str:
@@ -233,7 +243,7 @@ LATER_GROUPS = {"privacy": "none", "system": "none"}
 
 # How a run is executed, not what it computes: left out of its identity. (``logger`` never
 # reaches a recorded config: validate() takes it out; it is listed for configs that hold it.)
-EXECUTION_KEYS = ("threads", "resume", "checkpoint_every", "checkpoint_keep", "quiet", TRACKERS_KEY)
+EXECUTION_KEYS = ("threads", "resume", "checkpoint_every", "checkpoint_keep", "quiet", "device", TRACKERS_KEY)
 
 
 def _non_default(section: dict, cls: type) -> dict:
@@ -254,6 +264,9 @@ def canonical(resolved: dict) -> dict:
     ident = {k: v for k, v in resolved.items() if k not in EXECUTION_KEYS}
     # Configs recorded before ``rng`` existed ran on the tutorial's single stream.
     ident.setdefault("rng", "tutorial")
+    # precision (added later) at its default fp32 is left out, as fields at their defaults are.
+    if ident.get("precision") == "fp32":
+        del ident["precision"]
     # Configs recorded before ``privacy`` existed ran without it: privacy=none at its defaults
     # is left out of the identity (below), so their hash stays what it was.
     if isinstance(ident.get("fl"), dict):
@@ -397,7 +410,12 @@ def validate(cfg: DictConfig | dict) -> RunSpec:
     # refuses a median), before training.
     for c in [*comps.values(), *loggers.values()]:
         c.check_compatible(comps, fl)
+    from fedbench.device import check_precision
+
+    check_precision(settings.precision, settings.device, comps["model"])
     return RunSpec(
+        device=settings.device,
+        precision=settings.precision,
         seed=settings.seed,
         threads=settings.threads,
         resume=settings.resume,

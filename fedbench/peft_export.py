@@ -14,6 +14,12 @@
   nowhere else: the backbone saved with ``save_pretrained``.
 
 Logits = head(pool(peft_model(input_ids, attention_mask).last_hidden_state)).
+
+A causal LM (:mod:`fedbench.models.causal_lm`) has no head of its own: its adapter has
+``task_type: CAUSAL_LM`` and loads with
+``peft.PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), OUT_DIR)``, which
+gives the same logits and generates (``base``: the converted SmolLM2 folder, ``model.path``, or
+``base_model/`` for ``tiny_llama``).
 """
 
 from __future__ import annotations
@@ -68,6 +74,11 @@ def export_peft(
         "modules_to_save": None,
         **config,
     }
+    if getattr(model, "task", None) == "lm":
+        # a causal LM: the adapter wraps AutoModelForCausalLM, whose own LM head gives the logits
+        config["task_type"] = "CAUSAL_LM"
+        (out / ADAPTER_CONFIG).write_text(json.dumps(config, indent=2) + "\n")
+        return out
     (out / ADAPTER_CONFIG).write_text(json.dumps(config, indent=2) + "\n")
     head = model.head
     save_file(
@@ -149,7 +160,9 @@ def export_run(run_dir: str | Path, out_dir: str | Path) -> Path:
     tensors, meta = saved
     _, model, state = build(spec)
     state.load({n: tensors[f"global/{n}"] for n in state.names})
-    pretrained = isinstance(spec.model, HFEncoder)
+    from fedbench.models.causal_lm import CausalLM
+
+    pretrained = isinstance(spec.model, (HFEncoder, CausalLM))
     base = str(spec.model.folder()) if pretrained else None
     out = export_peft(model, spec.method, out_dir, base_model_name_or_path=base, save_base=not pretrained)
     print(f"round {meta['round']} of {run}: {type(spec.method).__name__} -> {out}")

@@ -34,6 +34,7 @@ COLUMNS = [
     "round",
     "accuracy",
     "test_loss",
+    "perplexity",
     "train_loss",
     "client_acc_mean",
     "client_acc_std",
@@ -73,7 +74,9 @@ CLIENT_COLUMNS = ("client_acc_mean", "client_acc_std", "client_acc_p10", "client
 # clock (NaN under system=none); ``merge_rank``: exact LoRA's stacked rank (NaN otherwise).
 WIRE_COLUMNS = ("wire_bytes_up", "wire_bytes_down", "cum_wire_bytes", "zstd_bytes_up", "zstd_bytes_down")
 SYSTEM_COLUMNS = ("sim_round_s", "sim_time_s", "merge_rank")
-OPTIONAL_COLUMNS = frozenset((*CLIENT_COLUMNS, "epsilon", *WIRE_COLUMNS, *SYSTEM_COLUMNS))
+# ``perplexity``: exp(test loss per predicted token) of next-token prediction (causal LMs); NaN for
+# classification and in run folders written before causal LMs.
+OPTIONAL_COLUMNS = frozenset((*CLIENT_COLUMNS, "epsilon", "perplexity", *WIRE_COLUMNS, *SYSTEM_COLUMNS))
 # Columns that rows of older run folders lack, with the value that is true for those rows.
 LEGACY_DEFAULTS = {"stragglers": 0}
 INT_COLUMNS = {
@@ -265,6 +268,16 @@ def write_label_histogram(data, out_dir: Path) -> None:
     import torch
 
     n = int(data.num_classes)
+    if data.test[1].dim() > 1:  # next-token targets: windows and predicted tokens per client
+        names = getattr(data, "client_names", None)
+        lines = ["client,size,tokens" + (",name" if names else "")]
+        for i, (_, y) in enumerate(data.clients):
+            tail = f",{json.dumps(names[i])}" if names else ""
+            lines.append(f"{i},{len(y)},{int((y != -100).sum())}{tail}")
+        y = data.test[1]
+        lines.append(f"test,{len(y)},{int((y != -100).sum())}" + ("," if names else ""))
+        atomic_write_bytes(Path(out_dir) / CLIENTS_CSV, ("\n".join(lines) + "\n").encode())
+        return
     lines = ["client,size," + ",".join(f"label_{i}" for i in range(n))]
     held = getattr(data, "evaluated_on", "test")  # "validation" when tuning replaced the test set
     sets = [(str(i), data.client_labels(i)) for i in range(len(data.clients))] + [(held, data.test[1])]
@@ -310,6 +323,10 @@ def summarize(rows: list[dict]) -> dict:
     with_clients = [
         r for r in evaluated if r.get("client_acc_mean", float("nan")) == r.get("client_acc_mean")
     ]
+    if final is not None and final.get("perplexity", math.nan) == final.get("perplexity"):
+        out["final_perplexity"] = _json_number(final["perplexity"])  # causal LMs (inf: null)
+        if out["final_perplexity"] == math.inf:
+            out["final_perplexity"] = None
     if with_clients:
         out["final_client_acc_mean"] = with_clients[-1]["client_acc_mean"]
         out["final_client_acc_p10"] = with_clients[-1]["client_acc_p10"]

@@ -20,9 +20,10 @@ import torch
 from omegaconf import DictConfig
 
 import fedbench
-from fedbench import checkpoint, registry, rng
+from fedbench import checkpoint, registry, rng, samples
 from fedbench.config import RunSpec, config_hash, validate
 from fedbench.data.client_split import carve_validation, hold_out
+from fedbench.device import apply_precision, resolve_device
 from fedbench.errors import ConfigError, DamagedRunFolder
 from fedbench.fl.faults import FaultPlan
 from fedbench.fl.state import FlatParams
@@ -73,7 +74,10 @@ def build(spec: RunSpec):
     np.random.seed(spec.seed)
     random.seed(spec.seed)
     streams.seed_global("data")
-    data = spec.data.build(spec.fl.num_clients, spec.seed)
+    if getattr(spec.data, "task", None) == "lm":  # language data: tokenised by the model's tokenizer
+        data = spec.data.build(spec.fl.num_clients, spec.seed, tokenizer_dir=spec.model.tokenizer_dir())
+    else:
+        data = spec.data.build(spec.fl.num_clients, spec.seed)
     data = hold_out(data, getattr(spec.data, "client_test_fraction", 0.0), spec.seed)
     # tuning: a validation split of the clients' training data replaces the test set
     data = carve_validation(data, getattr(spec.data, "validation_fraction", 0.0), spec.seed)
@@ -84,6 +88,10 @@ def build(spec: RunSpec):
         spec.method.inject(model)
     streams.seed_global("init", "head")
     model.attach_head()
+    device = resolve_device(getattr(spec, "device", "cpu"))
+    if device.type != "cpu":  # before the flat state: its buffer is made where the parameters are
+        model.to(device)
+    apply_precision(model, getattr(spec, "precision", "fp32"))
     names = spec.method.trainable(model)
     state = FlatParams(model, names)
     return data, model, state
@@ -313,6 +321,11 @@ def _execute(
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         write_label_histogram(data, out)
+    sampling = out is not None and samples.supported(model, spec.data)
+    if sampling and (saved is None or samples.read_before(out) is None):
+        with engine.protocol.evaluation() if engine.protocol is not None else contextlib.nullcontext():
+            prompts = spec.data.prompts(spec.model.tokenizer_dir())
+            samples.write_before(out, prompts, samples.generate(model, prompts))
     writer = MetricsWriter(out, rows, rewrite=saved is not None)
     client_writer = ClientMetricsWriter(out, resume_round=resumed_from)
     run_choices = dict(choices) if choices else component_names(spec.resolved)
@@ -395,4 +408,13 @@ def _execute(
             rows = writer.finish(summary)
         finally:
             trackers.close(status, summary)
+    if sampling and status == "complete":
+        record = samples.read_before(out) or {}
+        prompts = record.get("prompts") or spec.data.prompts(spec.model.tokenizer_dir())
+        with engine.protocol.evaluation() if engine.protocol is not None else contextlib.nullcontext():
+            after = samples.generate(model, prompts)
+        title = ", ".join(
+            f"{k}={v}" for k, v in summary["choices"].items() if k in ("model", "method", "data")
+        )
+        samples.write_markdown(out, prompts, record.get("before"), after, title)
     return rows

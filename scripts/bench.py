@@ -16,6 +16,8 @@ the distance to the hardware limit, memory vs number of clients, and MiniLM per-
    10 / 100 / 1,000 clients, lazy data (``data=tutorial_lazy``), and eager data at 1,000.
 5. MiniLM (``all-MiniLM-L6-v2``, if installed): per-round time for lora (exact, vectorised) and
    head_only (uncached, cached), on synthetic token ids (no dataset download needed).
+6. SmolLM2-135M-Instruct (if installed): LoRA seconds per local step and per round on
+   Shakespeare windows, the step's distance to the matmul limit, peak RSS for 10 and 100 clients.
 
     python scripts/bench.py --repeats 3 --threads 1
 
@@ -381,6 +383,89 @@ def minilm_rounds(rounds: int) -> dict | None:
 
 
 # --------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------
+# 6. SmolLM2-135M LoRA (causal LM)
+# --------------------------------------------------------------------------------------------
+SMOLLM2 = [
+    "model=smollm2",
+    "model.sample_tokens=0",
+    "data=shakespeare",
+    "data.seq_len=64",
+    "data.max_windows=8",
+    "data.test_size=32",
+    "method=lora",
+    "fl.num_rounds=1",
+    "fl.num_clients=8",
+    "fl.clients_per_round=4",
+    "fl.local_epochs=1",
+    "fl.batch_size=4",
+]
+
+
+def smollm2_lora(peak_gflops: float | None, threads: int | None) -> dict | None:
+    """Seconds per local step (batch 4 x 64 tokens) and per round (4 clients x 2 steps + evaluation
+    of 32 windows), the step's FLOPs and its distance to the matmul limit; peak RSS of fresh
+    processes with 10 and 100 clients (one frozen base shared by all)."""
+    try:
+        from fedbench.models.causal_lm import smollm2_folder
+
+        smollm2_folder()
+    except Exception as exc:  # noqa: BLE001 - a missing package means: skip this section
+        print(f"  SmolLM2 not available ({type(exc).__name__}: {str(exc)[:120]}); skipped")
+        return None
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from fedbench.fl.local import train_client
+    from fedbench.fl.loss import task_loss
+    from fedbench.fl.vectorized import make_engine
+    from fedbench.run import build
+
+    spec = _spec(SMOLLM2)
+    data, model, state = build(spec)
+    engine = make_engine(spec, model, state, data)
+    x, y = data.clients[0]
+    xb, yb = x[:4], y[:4]
+    with FlopCounterMode(display=False) as fc:
+        task_loss(model(xb), yb).backward()
+    step_flops = fc.get_total_flops()
+    steps = []
+    for _ in range(3):
+        engine.opt.reset()
+        t0 = time.perf_counter()
+        train_client(model, state, engine.opt, xb, yb, 1, 4)
+        steps.append(time.perf_counter() - t0)
+    t0 = time.perf_counter()
+    row = engine.run_round()
+    round_s = time.perf_counter() - t0
+    out = {
+        "step_s": statistics.median(steps),
+        "round_s": round_s,
+        "round_steps": 4 * 2,
+        "step_gflop": step_flops / 1e9,
+        "trainable": state.numel,
+        "bytes_per_round": row["bytes_up"] + row["bytes_down"],
+    }
+    if peak_gflops:
+        out["step_limit_s"] = step_flops / (peak_gflops * 1e9)
+        out["distance"] = out["step_s"] / out["step_limit_s"]
+    code = _RSS_CHILD.format(tests=str(ROOT / "tests"))
+    for n in (10, 100):
+        args = [*SMOLLM2, f"fl.num_clients={n}", "fl.clients_per_round=2", "data.max_windows=4",
+                "data.test_size=8", f"threads={threads or 1}"]  # fmt: skip
+        res = subprocess.run(
+            [sys.executable, "-c", code, *args],
+            env=_child_env(threads),
+            capture_output=True,
+            text=True,
+            timeout=900,
+        )
+        if res.returncode != 0:
+            sys.exit(f"bench: SmolLM2 RSS child failed:\n{res.stderr[-2000:]}")
+        rec = json.loads(res.stdout.strip().splitlines()[-1])
+        out[f"rss_mb/{n}"] = rec["maxrss_kb"] / 1024
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=3, help="alternating runs per comparison (medians)")
@@ -390,7 +475,7 @@ def main() -> None:
     ap.add_argument("--seed-md", type=Path, default=DEFAULT_SEED_MD)
     ap.add_argument("--minilm-rounds", type=int, default=8)
     ap.add_argument(
-        "--skip", default="", help="comma-separated sections to skip: process,inproc,limit,rss,minilm"
+        "--skip", default="", help="comma-separated sections to skip: process,inproc,limit,rss,minilm,smollm2"
     )
     args = ap.parse_args()
     if args.repeats < 1:
@@ -509,6 +594,20 @@ def main() -> None:
                 f"  head_only, all {args.minilm_rounds} rounds including set-up and computing every feature "
                 f"once: uncached {unc['total']:.2f} s, cached {cac['total']:.2f} s: {whole:.1f}x"
             )
+        print()
+    if "smollm2" not in skip:
+        print("6. SmolLM2-135M LoRA r=4 (q/k/v/o), batch 4 x 64 tokens")
+        peak = summary.get("matmul_gflops", {}).get("peak") or matmul_throughput()["peak"]
+        lm = smollm2_lora(peak, args.threads)
+        summary["smollm2"] = lm
+        if lm:
+            print(
+                f"  {lm['step_s']:.2f} s per local step ({lm['step_gflop']:.1f} GFLOP of matmuls: limit "
+                f"{lm['step_limit_s']:.2f} s at {peak:.1f} GFLOP/s, distance {lm['distance']:.2f}x); "
+                f"{lm['round_s']:.1f} s per round ({lm['round_steps']} steps + evaluation of 32 windows); "
+                f"{lm['trainable']:,} trainable values, {lm['bytes_per_round'] / 1e6:.2f} MB per round"
+            )
+            print(f"  peak RSS: 10 clients {lm['rss_mb/10']:.0f} MB, 100 clients {lm['rss_mb/100']:.0f} MB")
         print()
     print(f"load average after: {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
     out = os.environ.get("FEDBENCH_BENCH_JSON")

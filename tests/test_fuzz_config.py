@@ -57,7 +57,8 @@ GROUPS = {
     "system": "system",
 }
 # How often each option is drawn: MiniLM (22.7M parameters) is the slow one.
-WEIGHT = {"model": {"tutorial_mlp": 6, "tiny_bert": 3, "minilm": 1}}
+# SmolLM2 (134.5M) likewise; tiny_llama is the causal LM's tiny one.
+WEIGHT = {"model": {"tutorial_mlp": 6, "tiny_bert": 3, "minilm": 1, "tiny_llama": 2, "smollm2": 1}}
 
 # Keys that set the cost of a run: only small valid values (at most this) or invalid ones.
 SIZE = {
@@ -86,9 +87,12 @@ SIZE = {
     "method.bottleneck": 12,
     "method.num_virtual_tokens": 6,
     "method.last_k": 6,
+    "data.max_windows": 4,
+    "model.num_kv_heads": 4,
+    "model.sample_tokens": 4,
 }
 # Token windows: the whole dataset is tokenised (and cached) once per length.
-FIXED = {"data.max_length": ("16", "32")}
+FIXED = {"data.max_length": ("16", "32"), "data.seq_len": ("16", "24")}
 
 # The tiny configuration each set is laid over (a fuzzed value of the same key wins).
 BASE = ["fl.num_rounds=1", "fl.num_clients=3", "fl.clients_per_round=2", "fl.local_epochs=1", "threads=1"]
@@ -96,11 +100,14 @@ TINY_FOR_DATA = {
     "tutorial": ["data.samples_per_client=24", "data.test_size=24"],
     "tutorial_lazy": ["data.samples_per_client=24", "data.test_size=24"],
     "text": ["data.train_size=36", "data.test_size=12", "data.max_length=16", "data.min_size=4"],
+    "shakespeare": ["data.seq_len=16", "data.max_windows=4", "data.test_size=8"],
 }
 TINY_FOR_MODEL = {
     "tutorial_mlp": ["model.hidden_dim=16", "model.num_layers=1"],
     "tiny_bert": [],
     "minilm": [],
+    "tiny_llama": ["model.sample_tokens=2"],
+    "smollm2": ["model.sample_tokens=2"],
 }
 TEXT_DATA = ("bbc", "sms_spam", "r8", "20news")
 
@@ -191,6 +198,8 @@ def override_sets(draw) -> list[str]:
     data = chosen.get("data", "tutorial")
     if model in ("tiny_bert", "minilm") and "data" in chosen and draw(st.integers(0, 3)) > 0:
         data = chosen["data"] = draw(st.sampled_from(TEXT_DATA))  # mostly a pairing that can run
+    if model in ("tiny_llama", "smollm2") and "data" in chosen and draw(st.integers(0, 3)) > 0:
+        data = chosen["data"] = "shakespeare"
     # the keys of the chosen components (sections as the config names them)
     own: list[tuple[str, object, tuple | None]] = []
     sides = {

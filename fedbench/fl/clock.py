@@ -20,10 +20,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from fedbench.contracts import Population
+from fedbench.fl.loss import task_loss
 from fedbench.fl.state import FlatParams
 
 
@@ -41,7 +41,7 @@ def train_flops_per_sample(model: nn.Module, state: FlatParams, x: torch.Tensor,
     try:
         counter = FlopCounterMode(display=False)
         with counter, torch.enable_grad():
-            loss = F.cross_entropy(model(x), y)
+            loss = task_loss(model(x.to(state.flat.device)), y.to(state.flat.device))
             if loss.requires_grad:
                 loss.backward()
         flops = counter.get_total_flops()

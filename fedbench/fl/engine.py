@@ -59,6 +59,7 @@ from fedbench.fl.client_eval import ClientEvaluator, empty_summary
 from fedbench.fl.clock import Clock
 from fedbench.fl.faults import FaultPlan
 from fedbench.fl.local import evaluate, shuffled_order, train_client
+from fedbench.fl.loss import perplexity
 from fedbench.fl.mlp_step import fast_step
 from fedbench.fl.optim import FlatAdamW
 from fedbench.fl.privacy import NoPrivacy
@@ -323,6 +324,8 @@ class Engine:
             "round": rnd,
             "accuracy": accuracy,
             "test_loss": test_loss,
+            # next-token prediction (targets [n, L]): exp(token loss); else the one math.nan
+            "perplexity": perplexity(test_loss) if self.data.test[1].dim() > 1 else math.nan,
             "train_loss": loss_sum / sample_sum if sample_sum else float("nan"),
             **clients_summary,
             "bytes_up": up.payload,

@@ -44,6 +44,8 @@ from fedbench.fl.state import FlatParams
 
 def why_not_cacheable(model: nn.Module, state: FlatParams) -> str | None:
     """None when the backbone's features can be cached for this model and trainable state."""
+    if not isinstance(getattr(model, model.head_name, None), nn.Module):
+        return "the model has no task head (a causal LM predicts tokens with its own LM head)"
     head = model.get_submodule(model.head_name)
     prefix = model.head_name + "."
     others = [n for n in state.names if not n.startswith(prefix)]

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fedbench.fl.loss import TokenMetrics, task_loss
 from fedbench.fl.optim import FlatAdamW
 from fedbench.fl.state import FlatParams
 
@@ -63,6 +64,8 @@ def train_client(
 def _train_loop(model, state, opt, x, y, epochs, batch_size, step, prox, epoch_order) -> float:
     n = len(y)
     total, batches = 0.0, 0
+    device = state.flat.device  # batches go where the model lives (device=)
+    on_cpu = device.type == "cpu"
     for epoch in range(epochs):
         order = epoch_order(epoch)
         # One gather per epoch; each batch is then a contiguous row slice (the same values, and
@@ -70,11 +73,13 @@ def _train_loop(model, state, opt, x, y, epochs, batch_size, step, prox, epoch_o
         xs, ys = x.index_select(0, order), y.index_select(0, order)
         for start in range(0, n, batch_size):
             xb, yb = xs[start : start + batch_size], ys[start : start + batch_size]
+            if not on_cpu:
+                xb, yb = xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)
             if step is not None:
                 loss = step(xb, yb)
             else:
                 state.grad.zero_()
-                loss = F.cross_entropy(model(xb), yb)
+                loss = task_loss(model(xb), yb)
                 loss.backward()
             if prox is not None:
                 mu, w0 = prox
@@ -98,6 +103,20 @@ def evaluate(
     if draw_loader_seed:
         consume_loader_seed()
     model.eval()
+    device = _device_of(model)
+    if y.dim() > 1:  # next-token targets [n, L]: streamed, token-weighted (fedbench.fl.loss)
+        metrics = TokenMetrics()
+        for i in range(0, len(y), batch_size):
+            metrics.add(model(x[i : i + batch_size].to(device)), y[i : i + batch_size])
+        return metrics.accuracy, metrics.loss
+    if device.type != "cpu":
+        x, y = x.to(device), y.to(device)
     logits = torch.cat([model(x[i : i + batch_size]) for i in range(0, len(y), batch_size)])
     correct = (logits.argmax(dim=1) == y).sum().item()
     return correct / len(y), F.cross_entropy(logits, y).item()
+
+
+def _device_of(model: nn.Module) -> torch.device:
+    """Where the model's parameters live (CPU for a model without any)."""
+    p = next(model.parameters(), None)
+    return p.device if p is not None else torch.device("cpu")

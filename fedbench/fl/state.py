@@ -1,5 +1,9 @@
 """Trainable state in one flat buffer, shared by all simulated clients.
 
+The buffer lives on the model's device (``device=``); payloads (snapshots: what codecs encode,
+strategies aggregate and checkpoints save) are CPU tensors on every device, so byte counts and
+codecs are the same everywhere and checkpoints load on any device.
+
 The frozen base exists once. The parameters a method trains are re-pointed at views of one
 flat vector (and their ``.grad`` at views of one flat gradient), so a client's start state is a
 single ``copy_`` and its optimizer works on one tensor instead of one per parameter.
@@ -29,7 +33,9 @@ class FlatParams:
         if len(dtypes) > 1:
             raise TypeError(f"trainable parameters mix dtypes {dtypes}")
         dtype = dtypes.pop() if dtypes else torch.float32
-        self.flat = torch.empty(self.offsets[-1], dtype=dtype)
+        devices = {params[n].device for n in names}
+        device = devices.pop() if len(devices) == 1 else torch.device("cpu")
+        self.flat = torch.empty(self.offsets[-1], dtype=dtype, device=device)
         self.grad = torch.zeros_like(self.flat)
         for name, shape, lo, hi in zip(names, self.shapes, self.offsets, self.offsets[1:]):
             p = params[name]
@@ -50,8 +56,10 @@ class FlatParams:
         }
 
     def snapshot(self) -> Payload:
-        """A copy of the current values, as a payload (views of one fresh vector)."""
-        return self.views(self.flat.clone())
+        """A copy of the current values, as a payload (views of one fresh CPU vector)."""
+        if self.flat.device.type == "cpu":
+            return self.views(self.flat.clone())
+        return self.views(self.flat.detach().to("cpu"))
 
     def load(self, payload: Payload) -> None:
         """Write a payload's tensors into the live parameters."""

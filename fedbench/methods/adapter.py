@@ -20,7 +20,11 @@ from fedbench.registry import check_choices, choice, register
 ACTIVATIONS = {"gelu": nn.GELU, "relu": nn.ReLU, "tanh": nn.Tanh}
 # Linear modules whose output gets an adapter when target_modules is null, per architecture:
 # BERT's attention output projection and feed-forward output projection of every layer.
-DEFAULT_TARGETS = {"bert": [r".*\.attention\.output\.dense", r".*\.layer\.\d+\.output\.dense"]}
+DEFAULT_TARGETS = {
+    "bert": [r".*\.attention\.output\.dense", r".*\.layer\.\d+\.output\.dense"],
+    # causal LMs: after each block's attention output and feed-forward output projections
+    "llama": [r".*\.self_attn\.o_proj", r".*\.mlp\.down_proj"],
+}
 
 
 class AdapterLinear(nn.Module):

@@ -18,6 +18,12 @@ from fedbench.registry import register
 class BitFit(Method):
     def check_compatible(self, comps: dict, fl) -> None:
         model = comps["model"]
+        if not model.has_biases() and getattr(model, "task", None) == "lm":
+            raise ConfigError(
+                "method=bitfit",
+                f"trains the model's biases, and {type(model).__name__} ({model.architecture}) has none: "
+                "Llama layers have no biases (use method=lora, ia3 or selective)",
+            )
         if not model.has_biases():
             raise ConfigError(
                 "method=bitfit",

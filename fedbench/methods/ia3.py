@@ -39,10 +39,14 @@ __all__ = ["IA3", "IA3Linear", "DEFAULT_TARGETS", "DEFAULT_FEEDFORWARD"]
 DEFAULT_TARGETS: dict[str, list[str] | None] = {
     "bert": ["key", "value", "output.dense"],
     "mlp": None,
+    "llama": ["k_proj", "v_proj", "down_proj"],  # peft's table for Llama-family causal LMs
+    "gpt2": ["c_attn", "mlp.c_proj"],
 }
 DEFAULT_FEEDFORWARD: dict[str, list[str]] = {
     "bert": ["output.dense"],
     "mlp": [],
+    "llama": ["down_proj"],
+    "gpt2": ["mlp.c_proj"],
 }
 
 

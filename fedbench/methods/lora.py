@@ -50,6 +50,10 @@ __all__ = ["LoRA", "LoRALinear", "DEFAULT_TARGETS"]
 DEFAULT_TARGETS: dict[str, list[str] | None] = {
     "bert": ["query", "value"],
     "mlp": None,
+    # causal LMs (fedbench.models.causal_lm): every attention projection (Llama, Mistral, Qwen);
+    # GPT-2's fused qkv and attention output (its Conv1D layers are loaded as nn.Linear)
+    "llama": ["q_proj", "k_proj", "v_proj", "o_proj"],
+    "gpt2": ["c_attn", "attn.c_proj"],
 }
 
 
@@ -157,9 +161,10 @@ class LoRA(Method):
 
     def peft_adapter(self, model: nn.Module):
         """PEFT's LoRA: ``lora_A.weight`` = A^T (r x in), ``lora_B.weight`` = B^T (out x r), scaling
-        ``lora_alpha / r``: the same function as ``x A B * alpha / r``. BERT-family backbones only;
+        ``lora_alpha / r``: the same function as ``x A B * alpha / r``. BERT-family encoders and
+        Llama-family causal LMs (GPT-2's fused Conv1D layout differs from fedbench's Linear: none);
         not ``exact`` or ``flexlora``, whose global model is not the factors on the original base."""
-        if model.architecture != "bert" or self.aggregation in ("exact", "flexlora"):
+        if model.architecture not in ("bert", "llama") or self.aggregation in ("exact", "flexlora"):
             return None
         mods = {n: m for n, m in model.backbone.named_modules() if isinstance(m, LoRALinear)}
         tensors = {}

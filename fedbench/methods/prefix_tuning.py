@@ -31,7 +31,11 @@ from fedbench.registry import choice, register
 
 INITS = ("tokens", "normal")
 TEXT_POSITIONS = ("from_zero", "after_prefix")
-ARCHITECTURES = ("bert",)  # models whose attention takes a key/value cache (EncoderClassifier.prefix)
+ARCHITECTURES = (
+    "bert",
+    "llama",
+    "gpt2",
+)  # models whose attention takes a key/value cache (EncoderClassifier.prefix)
 
 
 class PrefixKV(nn.Module):
@@ -84,10 +88,16 @@ class PrefixTuning(VirtualTokenMethod):
 
     def inject(self, model: nn.Module) -> None:
         rng.module_init("prefix")
-        L, H, P = model.num_layers, model.num_heads, self.num_virtual_tokens
-        d = model.hidden_size // H
+        L, P = model.num_layers, self.num_virtual_tokens
+        # causal LMs with grouped-query attention cache num_kv_heads heads of head_dim
+        H = getattr(model, "num_kv_heads", model.num_heads)
+        d = getattr(model, "head_dim", model.hidden_size // model.num_heads)
         if self.init == "normal":
             kv = torch.randn(L, 2, H, P, d) * self.init_std
+        elif hasattr(model, "kv_for_tokens"):
+            vocab = model.word_embeddings().weight.shape[0]
+            ids = torch.randint(1000 if vocab > 2000 else 0, vocab, (1, P))
+            kv = model.kv_for_tokens(ids.to(model.word_embeddings().weight.device)).cpu()
         else:
             kv = self._from_tokens(model, P, L, H, d)
         model.prefix = PrefixKV(kv, P if self.text_positions == "after_prefix" else 0)

@@ -24,7 +24,11 @@ from fedbench.methods.base import VirtualTokenMethod, is_head, require_architect
 from fedbench.registry import register
 
 INITS = ("vocab", "normal")
-ARCHITECTURES = ("bert",)  # models whose forward takes prompt embeddings (EncoderClassifier.prompt)
+ARCHITECTURES = (
+    "bert",
+    "llama",
+    "gpt2",
+)  # models whose forward takes prompt embeddings (EncoderClassifier.prompt)
 
 
 class PromptEmbedding(nn.Module):

@@ -41,6 +41,13 @@ def _check_text_data(
 ) -> None:
     """The data must be token ids from this model's tokenizer, with labels that fit the head."""
     data = comps["data"]
+    if getattr(data, "task", None) == "lm":
+        raise ConfigError(
+            "data",
+            f"{model_key} is a classifier and {type(data).__name__} is next-token prediction: use a causal LM "
+            "(model=smollm2 or model=tiny_llama)",
+            type(data).__name__,
+        )
     if not data.token_ids:
         raise ConfigError(
             "data",
@@ -78,6 +85,13 @@ def _check_common(pooling: str, attn: str, dropout, num_classes: int) -> None:
         )
     if dropout is not None and not 0.0 <= dropout < 1.0:
         raise ConfigError("model.dropout", "must be null (the checkpoint's) or a float in [0, 1)", dropout)
+    if num_classes == 0:  # data.num_classes of language data (fedbench.data.lm)
+        raise ConfigError(
+            "model.num_classes",
+            "is 0, the classes of language data: next-token prediction needs a causal LM "
+            "(model=smollm2 or model=tiny_llama), this encoder is a classifier",
+            num_classes,
+        )
     if num_classes < 2:
         raise ConfigError("model.num_classes", "must be an integer >= 2", num_classes)
 

@@ -63,8 +63,9 @@ class VectorizedEngine(Engine):
             start_flat = [start_flat[k] for k in plan.perm]
         st.load(start_flat)
         full_P, full_G = st.views(st.W), st.views(st.G)
-        losses = torch.zeros((T, K))
-        step_numbers = torch.arange(1, T + 1, dtype=torch.float32)
+        device = self.state.flat.device
+        losses = torch.zeros((T, K), device=device)
+        step_numbers = torch.arange(1, T + 1, dtype=torch.float32, device=device)
         self.model.train()
         if mlp is not None:
             mlp.refresh()
@@ -72,6 +73,8 @@ class VectorizedEngine(Engine):
         ctx = generic.installed() if generic is not None else contextlib.nullcontext()
         with torch.no_grad(), ctx:
             for t, b in enumerate(plan.batches):
+                if device.type != "cpu":
+                    b = b.to(device)
                 m = b.m
                 if m == K:
                     P, G = full_P, full_G
@@ -83,7 +86,7 @@ class VectorizedEngine(Engine):
                 else:
                     mlp(P, G, b, losses[t, :m])
                 st.step(m, step_numbers[t], self.opt, start_flat, mu, fused=self.fused_adamw)
-        means = (losses.double().sum(0) / torch.tensor(plan.steps, dtype=torch.float64)).tolist()
+        means = (losses.double().cpu().sum(0) / torch.tensor(plan.steps, dtype=torch.float64)).tolist()
         finals, out_losses = [None] * K, [0.0] * K
         for j, k in enumerate(plan.perm):
             finals[k] = st.export(j)

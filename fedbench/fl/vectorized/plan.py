@@ -28,6 +28,14 @@ class StepBatch:
     # [m * B, C]: -w * onehot(y), i.e. d(per-client mean loss)/d(log-probabilities) (if C is known)
     target: torch.Tensor | None = None
 
+    def to(self, device: torch.device) -> StepBatch:
+        """The same step with its tensors on ``device`` (device=)."""
+
+        def move(t):
+            return None if t is None else t.to(device, non_blocking=True)
+
+        return StepBatch(self.m, self.B, move(self.x), move(self.y), move(self.w), move(self.target))
+
 
 class RoundPlan:
     """Every local step of the round's clients, gathered up front.

@@ -29,12 +29,13 @@ class StackedState:
             n: (K * lo, K * hi) for n, lo, hi in zip(state.names, state.offsets, state.offsets[1:])
         }
         P = state.numel
-        self.W = torch.empty(K * P, dtype=state.flat.dtype)
+        # on the model's device (device=); exported client states are CPU payloads
+        self.W = torch.empty(K * P, dtype=state.flat.dtype, device=state.flat.device)
         self.G = torch.zeros_like(self.W)
         self.exp_avg = torch.zeros_like(self.W)
         self.exp_avg_sq = torch.zeros_like(self.W)
         self._denom = torch.empty_like(self.W)
-        self._step_t = torch.zeros((), dtype=torch.float32)
+        self._step_t = torch.zeros((), dtype=torch.float32, device=state.flat.device)
         # FedProx: ``start`` broadcast to this layout, cached for the start vector it was built from
         self._start_key = None
         self._start_buf: torch.Tensor | None = None
@@ -71,7 +72,7 @@ class StackedState:
 
     def export(self, k: int, out: torch.Tensor | None = None) -> torch.Tensor:
         """Client k's tensors as one flat vector in payload layout."""
-        out = torch.empty(self.state.numel, dtype=self.W.dtype) if out is None else out
+        out = torch.empty(self.state.numel, dtype=self.W.dtype) if out is None else out  # CPU
         dst = self.state.views(out)
         for n, v in self.views(self.W).items():
             dst[n].copy_(v[k].t() if n in self.transposed else v[k])
