@@ -213,6 +213,11 @@ class LanguageData(DataConfig):
                 "model=tiny_llama, or model=smollm2 model.path=DIR)",
                 type(model).__name__,
             )
+        tok = getattr(self, "tokenizer", None)
+        if tok is not None and not (Path(os.path.expanduser(tok)) / "tokenizer.json").is_file():
+            raise ConfigError(
+                "data.tokenizer", "must be null (the model's) or a folder holding tokenizer.json", tok
+            )
 
 
 @register("data", "shakespeare")
