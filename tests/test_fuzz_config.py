@@ -332,7 +332,7 @@ def test_the_generator_reaches_both_outcomes_and_every_group():
     every group's every option, unknown options and unknown keys."""
     seen: list[list[str]] = []
 
-    @settings(max_examples=500, derandomize=True, database=None, deadline=None)
+    @settings(max_examples=1500, derandomize=True, database=None, deadline=None)
     @given(override_sets())
     def collect(overrides):
         seen.append(overrides)
