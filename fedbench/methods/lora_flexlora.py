@@ -21,16 +21,16 @@ import torch
 
 from fedbench.contracts import Codec, Strategy
 from fedbench.fl.state import Payload
-from fedbench.methods.lora_ranks import LoRAServer
+from fedbench.methods.lora_hetlora import HetLoRA
 
 
-class FlexLoRA(LoRAServer):
+class FlexLoRA(HetLoRA):
+    """HetLoRA's downlink (each client's slice of the global factors, here the SVD truncation);
+    its own aggregation, evaluation and state."""
+
     def __init__(self, model, state, ranks=None) -> None:
         super().__init__(model, state, ranks)
         self.delta = {name: torch.zeros(m.lora_A.shape[0], m.lora_B.shape[1]) for name, m in self.layers}
-
-    def downlink(self, global_payload: Payload, codec: Codec, selected: list[int], rnd: int, wire):
-        return self.send(global_payload, codec, selected, wire)
 
     def aggregate(
         self,
