@@ -92,7 +92,8 @@ INT_COLUMNS = {
     "stragglers",
     "trainable_params",
 }
-CLIENTS_CSV = "clients.csv"
+CLIENTS_PARQUET = "clients.parquet"
+CLIENTS_CSV = "clients.csv"  # the histogram in run folders written before clients.parquet
 CLIENT_METRICS_CSV = "client_metrics.csv"
 CLIENT_METRICS_PARQUET = "client_metrics.parquet"
 CLIENT_METRIC_COLUMNS = ["round", "client", "samples", "accuracy", "loss"]
@@ -262,29 +263,56 @@ def _csv_row(row: dict) -> dict:
     return {k: (repr(v) if isinstance(v, float) else v) for k, v in row.items()}
 
 
-def write_label_histogram(data, out_dir: Path) -> None:
-    """``clients.csv``: samples per label for every client (and the test set, or the validation
-    set that replaces it), one row each."""
+def participants(rows: list[dict]) -> list[int]:
+    """The clients selected in any of ``rows`` (each row's ``selected``), sorted."""
+    return sorted({int(c) for r in rows for c in str(r["selected"]).split()})
+
+
+def write_label_histogram(data, out_dir: Path, clients=None) -> None:
+    """``clients.parquet``: size and samples per label (causal LMs: windows and predicted
+    tokens) of clients ``clients`` (default: every client) and of the test set (or the
+    validation set that replaces it), one row each; ``client`` is the id as text, or
+    ``test``/``validation``. Data made on demand (``data.on_demand``) is written with the
+    clients that took part so far: its size grows with participation, not population."""
+    import numpy as np
+    import pyarrow as pa
     import torch
 
-    n = int(data.num_classes)
-    if data.test[1].dim() > 1:  # next-token targets: windows and predicted tokens per client
-        names = getattr(data, "client_names", None)
-        lines = ["client,size,tokens" + (",name" if names else "")]
-        for i, (_, y) in enumerate(data.clients):
-            tail = f",{json.dumps(names[i])}" if names else ""
-            lines.append(f"{i},{len(y)},{int((y != -100).sum())}{tail}")
-        y = data.test[1]
-        lines.append(f"test,{len(y)},{int((y != -100).sum())}" + ("," if names else ""))
-        atomic_write_bytes(Path(out_dir) / CLIENTS_CSV, ("\n".join(lines) + "\n").encode())
-        return
-    lines = ["client,size," + ",".join(f"label_{i}" for i in range(n))]
+    ids = range(len(data.clients)) if clients is None else clients
     held = getattr(data, "evaluated_on", "test")  # "validation" when tuning replaced the test set
-    sets = [(str(i), data.client_labels(i)) for i in range(len(data.clients))] + [(held, data.test[1])]
-    for name, y in sets:
-        counts = torch.bincount(y.reshape(-1).long(), minlength=n).tolist()
-        lines.append(f"{name},{len(y)}," + ",".join(map(str, counts)))
-    atomic_write_bytes(Path(out_dir) / CLIENTS_CSV, ("\n".join(lines) + "\n").encode())
+    names = [str(i) for i in ids] + [held]
+    if data.test[1].dim() > 1:  # next-token targets: windows and predicted tokens per client
+        ys = [data.clients[i][1] for i in ids] + [data.test[1]]
+        columns = {
+            "client": names,
+            "size": [len(y) for y in ys],
+            "tokens": [int((y != -100).sum()) for y in ys],
+        }
+        roles = getattr(data, "client_names", None)
+        if roles:
+            columns["name"] = [roles[i] for i in ids] + [None]
+        table = pa.table(columns)
+    else:
+        n = int(data.num_classes)
+        ys = [data.client_labels(i) for i in ids] + [data.test[1]]
+        counts = np.stack([torch.bincount(y.reshape(-1).long(), minlength=n).numpy() for y in ys])
+        columns = {"client": pa.array(names, pa.string()), "size": pa.array([len(y) for y in ys], pa.int64())}
+        columns.update({f"label_{c}": pa.array(counts[:, c], pa.int64()) for c in range(n)})
+        table = pa.table(columns)
+    _write_table_atomic(table, Path(out_dir) / CLIENTS_PARQUET)
+
+
+def read_label_histogram(path):
+    """A run folder's (or a file's) label histogram as a DataFrame: ``clients.parquet``, or the
+    ``clients.csv`` of run folders written before it."""
+    import pandas as pd
+
+    path = Path(path)
+    if path.is_dir():
+        path = path / CLIENTS_PARQUET if (path / CLIENTS_PARQUET).exists() else path / CLIENTS_CSV
+    if path.suffix == ".csv":
+        return pd.read_csv(path, dtype={"client": str})
+    return pd.read_parquet(path)
 
 
 def _json_number(v: float) -> float | None:

@@ -41,6 +41,7 @@ from fedbench.results import (
     ClientMetricsWriter,
     MetricsWriter,
     frame,
+    participants,
     read_parquet_rows,
     summarize,
     write_label_histogram,
@@ -320,7 +321,8 @@ def _execute(
         log.info("resuming %s after round %d", out, engine.round)
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
-        write_label_histogram(data, out)
+        # data made on demand: the clients that took part (written again when the run ends)
+        write_label_histogram(data, out, participants(rows) if data.on_demand else None)
     sampling = out is not None and samples.supported(model, spec.data)
     if sampling and (saved is None or samples.read_before(out) is None):
         with engine.protocol.evaluation() if engine.protocol is not None else contextlib.nullcontext():
@@ -405,6 +407,8 @@ def _execute(
             summary["privacy"] = privacy
         try:
             client_writer.finish()
+            if out is not None and data.on_demand:
+                write_label_histogram(data, out, participants(writer.rows))
             rows = writer.finish(summary)
         finally:
             trackers.close(status, summary)

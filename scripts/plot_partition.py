@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 """Plot a per-client label histogram (stacked bars: samples per label for every client).
 
-    python scripts/plot_partition.py outputs/runs/<run>             # its clients.csv -> clients.png
-    python scripts/plot_partition.py path/to/clients.csv -o out.png
+    python scripts/plot_partition.py outputs/runs/<run>             # its clients.parquet -> clients.png
+    python scripts/plot_partition.py path/to/clients.parquet -o out.png
     python scripts/plot_partition.py model=minilm data=bbc data.partition=dirichlet data.alpha=0.1 \\
         fl.num_clients=10 -o bbc_dirichlet.png                      # any config: builds the data only
 
@@ -22,7 +22,7 @@ sys.path.insert(0, str(ROOT))
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[1])
-    p.add_argument("source", nargs="+", help="a run folder, a clients.csv, or Hydra overrides")
+    p.add_argument("source", nargs="+", help="a run folder, its clients.parquet (or an older clients.csv), or Hydra overrides")
     p.add_argument("-o", "--out", help="PNG to write (default: next to the CSV / partition.png)")
     p.add_argument("--title", default=None)
     args = p.parse_args(argv)
@@ -30,13 +30,17 @@ def main(argv: list[str] | None = None) -> int:
     from fedbench.data.partition import label_histogram, plot_label_histogram
 
     first = Path(args.source[0])
-    if len(args.source) == 1 and (first.is_dir() or first.suffix == ".csv"):
-        csv = first / "clients.csv" if first.is_dir() else first
-        if not csv.is_file():
-            print(f"plot_partition: {csv} not found", file=sys.stderr)
+    if len(args.source) == 1 and (first.is_dir() or first.suffix in (".csv", ".parquet")):
+        from fedbench.results import CLIENTS_CSV, CLIENTS_PARQUET
+
+        table = first
+        if first.is_dir():  # a run folder: clients.parquet (older folders: clients.csv)
+            table = first / CLIENTS_PARQUET if (first / CLIENTS_PARQUET).is_file() else first / CLIENTS_CSV
+        if not table.is_file():
+            print(f"plot_partition: {table} not found", file=sys.stderr)
             return 2
-        out = Path(args.out) if args.out else csv.with_suffix(".png")
-        plot_label_histogram(csv, out, title=args.title or str(csv.parent.name))
+        out = Path(args.out) if args.out else table.with_suffix(".png")
+        plot_label_histogram(table, out, title=args.title or str(table.parent.name))
     else:
         from hydra import compose, initialize_config_dir
 

@@ -14,6 +14,7 @@ import math
 import shutil
 import time
 
+import pandas as pd
 import pytest
 import torch
 from conftest import compose_cfg, engine_for, run_cli
@@ -162,8 +163,9 @@ def test_tiny_llama_shakespeare_run_folder(tmp_path):
     assert math.isfinite(last["sim_time_s"]) and last["sim_time_s"] > 0  # FLOPs counted on the LM loss
     md = (out / "samples.md").read_text()
     assert "Before round 1" in md and "After the last round" in md and "summer's day" in md
-    header = (out / "clients.csv").read_text().splitlines()[0]
-    assert header == "client,size,tokens,name"
+    hist = pd.read_parquet(out / "clients.parquet")
+    assert list(hist.columns) == ["client", "size", "tokens", "name"]
+    assert hist["client"].iloc[-1] == "test" and (hist["tokens"] > 0).all()
     summary = json.loads((out / "summary.json").read_text())
     assert summary["status"] == "complete"
     assert summary["final_perplexity"] == pytest.approx(last["perplexity"])

@@ -12,7 +12,7 @@ import weakref
 
 import pytest
 import torch
-from conftest import ROOT, compose_cfg
+from conftest import ROOT, compose_cfg, run_cli
 
 from fedbench.config import validate
 from fedbench.data.lazy import LazyClients, LazyFederatedData, LazyTutorialData
@@ -50,7 +50,9 @@ def test_sizes_without_drawing(monkeypatch):
 
 
 def test_label_histogram_draws_labels_only(tmp_path, monkeypatch):
-    from fedbench.results import CLIENTS_CSV, write_label_histogram
+    import pandas as pd
+
+    from fedbench.results import CLIENTS_PARQUET, write_label_histogram
 
     spec = LazyTutorialData(dim=8, samples_per_client=30, test_size=10)
     data = spec.build(num_clients=50, seed=3)
@@ -58,13 +60,81 @@ def test_label_histogram_draws_labels_only(tmp_path, monkeypatch):
         assert torch.equal(data.client_labels(i), data.clients[i][1])
     calls = []
     monkeypatch.setattr(LazyTutorialData, "make", lambda self, n, gen: calls.append(n))
-    write_label_histogram(data, tmp_path)
+    write_label_histogram(data, tmp_path, clients=[17, 3])
     assert calls == []  # no client's features were drawn
-    lines = (tmp_path / CLIENTS_CSV).read_text().splitlines()
-    assert len(lines) == 1 + 50 + 1
+    df = pd.read_parquet(tmp_path / CLIENTS_PARQUET)
+    assert df["client"].tolist() == ["17", "3", "test"] and df["size"].tolist() == [30, 30, 10]
     monkeypatch.undo()
     want = torch.bincount(data.clients[17][1], minlength=10).tolist()
-    assert lines[1 + 17] == "17,30," + ",".join(map(str, want))
+    assert df.iloc[0, 2:].tolist() == want
+
+
+MILLION = [
+    "data=tutorial_lazy",
+    "fl.num_clients=1000000",
+    "fl.clients_per_round=4",
+    "fl.num_rounds=2",
+    "model.hidden_dim=16",
+    "model.num_layers=1",
+    "data.samples_per_client=20",
+    "data.test_size=20",
+    "threads=1",
+]
+
+
+@pytest.mark.parametrize("extra", [[], ["fl.sampling=weighted"], ["fl.sampling=weighted", "rng=tutorial"]])
+def test_a_million_clients_cost_nothing_until_selected(tmp_path, monkeypatch, extra):
+    """Nothing loops over the population: no client's labels or sizes are asked for except the
+    selected ones', and the label histogram holds the clients that took part (and the test set)."""
+    import pandas as pd
+
+    from fedbench.results import CLIENTS_PARQUET
+
+    def no_sizes(self):
+        raise AssertionError("every client's size was asked for")
+
+    asked = []
+    original = LazyClients.labels
+    monkeypatch.setattr(LazyClients, "sizes", no_sizes)
+    monkeypatch.setattr(LazyClients, "labels", lambda self, i: asked.append(i) or original(self, i))
+    df = run(compose_cfg([*MILLION, *extra]), out_dir=tmp_path / "run")
+    took_part = sorted({int(c) for s in df["selected"] for c in s.split()})
+    assert len(took_part) <= 8 and max(took_part) >= 1000  # drawn from the whole population
+    assert sorted(set(asked)) == took_part
+    hist = pd.read_parquet(tmp_path / "run" / CLIENTS_PARQUET)
+    assert hist["client"].tolist() == [*map(str, took_part), "test"]
+    assert (hist["size"] == [20] * len(took_part) + [20]).all()
+
+
+def test_weighted_sampling_over_equal_lazy_clients_is_uniform():
+    """Lazy clients all hold data.samples_per_client rows: weighted sampling draws as uniform."""
+    from fedbench.fl.engine import Engine
+
+    base = ["data=tutorial_lazy", "fl.num_clients=50", "fl.clients_per_round=5", "fl.num_rounds=3"]
+    picks = {}
+    for sampling in ("uniform", "weighted"):
+        spec = validate(compose_cfg([*base, f"fl.sampling={sampling}", "model.hidden_dim=8"]))
+        data, model, state = build(spec)
+        engine = make_engine(spec, model, state, data)
+        assert type(engine) is Engine
+        picks[sampling] = [engine.select_clients(r) for r in (1, 2, 3)]
+    assert picks["uniform"] == picks["weighted"]
+
+
+def test_eager_data_too_big_for_memory_is_refused(tmp_path):
+    """data=tutorial with a million clients is refused in one line pointing at the lazy data,
+    before anything is allocated (and before a run folder exists)."""
+    from fedbench.config import ConfigError
+    from fedbench.data.tutorial import physical_memory_bytes
+
+    assert physical_memory_bytes() and physical_memory_bytes() < 1e12
+    with pytest.raises(ConfigError, match="use data=tutorial_lazy") as err:
+        validate(compose_cfg(["fl.num_clients=1000000", "fl.clients_per_round=10"]))
+    assert err.value.key == "fl.num_clients" and "260.0 GB" in str(err.value)
+    validate(compose_cfg(["data=tutorial_lazy", "fl.num_clients=1000000", "fl.clients_per_round=10"]))
+    res = run_cli(["fl.num_clients=1000000", "hydra.run.dir=big"], tmp_path)
+    assert res.returncode == 2 and not (tmp_path / "big").exists()
+    assert res.stderr.strip().count("\n") == 0 and "data=tutorial_lazy" in res.stderr
 
 
 def test_engine_keeps_no_client_rows():
@@ -135,9 +205,10 @@ def peak_rss_kb(num_clients: int, data: str = "tutorial_lazy", *extra: str) -> i
 
 @pytest.mark.slow
 def test_peak_rss_flat_in_clients():
-    """Peak RSS of a 1,000-client run is within 1.5x of a 10-client run (same per-round load)."""
-    small, big = peak_rss_kb(10), peak_rss_kb(1000)
-    assert big <= 1.5 * small, (small, big)
+    """Peak RSS of a 1,000,000-client run is within 1.2x of a 1,000-client run (same per-round
+    load), and of 10 clients."""
+    small, mid, big = peak_rss_kb(10), peak_rss_kb(1000), peak_rss_kb(1_000_000)
+    assert mid <= 1.2 * small and big <= 1.2 * mid, (small, mid, big)
 
 
 def test_threads_from_the_launcher(monkeypatch):

@@ -146,7 +146,7 @@ def test_the_default_run_writes_no_tracker_files(tmp_path):
         "metrics.csv",
         "metrics.parquet",
         "summary.json",
-        "clients.csv",
+        "clients.parquet",
         "checkpoint",
         ".fedbench.lock",
     }

@@ -9,6 +9,7 @@ import math
 import shutil
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 import yaml
@@ -82,7 +83,7 @@ def test_a_tuning_run_never_evaluates_on_the_test_set(tmp_path, monkeypatch):
     assert len(tuned) == 2 and tuned["test_loss"].notna().all()
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["evaluated_on"] == "validation" and summary["status"] == "complete"
-    assert (tmp_path / "run" / "clients.csv").read_text().splitlines()[-1].startswith("validation,")
+    assert pd.read_parquet(tmp_path / "run" / "clients.parquet")["client"].iloc[-1] == "validation"
 
 
 @pytest.mark.parametrize(

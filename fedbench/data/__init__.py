@@ -20,9 +20,17 @@ class FederatedData:
     partition: str
     client_tests: list[tuple[torch.Tensor, torch.Tensor]] | None = None
     evaluated_on: str = "test"  # "test" | "validation"
+    # Clients made when asked for (data=tutorial_lazy): nothing may loop over every client.
+    on_demand: bool = False
 
     def client_sizes(self) -> list[int]:
         return [len(y) for _, y in self.clients]
+
+    def common_size(self) -> int | None:
+        """The size every client has by construction (data made on demand), else None. Weighted
+        sampling over such clients is uniform sampling and is drawn as such, without a weight
+        per client."""
+        return None
 
     def client_labels(self, i: int) -> torch.Tensor:
         """Client ``i``'s labels (for histograms; data made on demand may skip the features)."""

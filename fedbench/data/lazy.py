@@ -57,6 +57,9 @@ class LazyTutorialData(TutorialData):
                 self.validation_fraction,
             )
 
+    def check_compatible(self, components: dict, fl) -> None:
+        """Any number of clients: none is held in memory."""
+
     def labels(self, n: int, gen: torch.Generator) -> torch.Tensor:
         """The first draw of :meth:`make`: a client's labels without its features."""
         return torch.randint(0, self.num_classes, (n,), dtype=torch.long, generator=gen)
@@ -71,7 +74,11 @@ class LazyTutorialData(TutorialData):
         clients = LazyClients(self, num_clients, seed)
         test = self.make(self.test_size, _generator(seed, _TEST_STREAM))
         return LazyFederatedData(
-            clients=clients, test=test, num_classes=self.num_classes, partition="per-client (lazy)"
+            clients=clients,
+            test=test,
+            num_classes=self.num_classes,
+            partition="per-client (lazy)",
+            on_demand=True,
         )
 
 
@@ -109,6 +116,9 @@ class LazyClients(Sequence):
 class LazyFederatedData(FederatedData):
     def client_sizes(self) -> list[int]:
         return self.clients.sizes()  # without drawing any client's rows
+
+    def common_size(self) -> int:
+        return self.clients.spec.samples_per_client
 
     def client_labels(self, i: int) -> torch.Tensor:
         return self.clients.labels(i)

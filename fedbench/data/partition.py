@@ -157,7 +157,7 @@ def label_histogram(data) -> pandas.DataFrame:  # noqa: F821
     """Samples per label of every client (rows ``0..K-1``) and of the test set (row ``test``).
 
     Columns ``client, size, label_0 .. label_{C-1}``: the layout of the run folder's
-    ``clients.csv``, so :func:`plot_label_histogram` reads either.
+    ``clients.parquet``, so :func:`plot_label_histogram` reads either.
     """
     import pandas as pd
     import torch
@@ -172,8 +172,8 @@ def label_histogram(data) -> pandas.DataFrame:  # noqa: F821
 
 
 def plot_label_histogram(csv_or_df, out_png, title: str | None = None, class_names=None):
-    """A stacked bar per client (samples per label) from ``clients.csv`` or a :func:`label_histogram`
-    table, saved to ``out_png``; the test set's row, if any, is left out. Returns the path."""
+    """A stacked bar per client (samples per label) from a run's ``clients.parquet`` (or an older
+    run's ``clients.csv``) or a :func:`label_histogram` table, saved to ``out_png``; the test set's row, if any, is left out. Returns the path."""
     from pathlib import Path
 
     import matplotlib
@@ -182,7 +182,9 @@ def plot_label_histogram(csv_or_df, out_png, title: str | None = None, class_nam
     import matplotlib.pyplot as plt
     import pandas as pd
 
-    df = csv_or_df if isinstance(csv_or_df, pd.DataFrame) else pd.read_csv(csv_or_df, dtype={"client": str})
+    from fedbench.results import read_label_histogram
+
+    df = csv_or_df if isinstance(csv_or_df, pd.DataFrame) else read_label_histogram(csv_or_df)
     df = df[df["client"].astype(str) != "test"]
     labels = [c for c in df.columns if c.startswith("label_")]
     names = list(class_names) if class_names is not None else [c.removeprefix("label_") for c in labels]

@@ -9,6 +9,7 @@ sampled) is ``fl.sampling_seed``.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import torch
@@ -50,6 +51,21 @@ class TutorialData(DataConfig):
     def input_dim(self) -> int:
         return self.dim
 
+    def check_compatible(self, components: dict, fl) -> None:
+        """Refuse, before anything is allocated, client rows that cannot fit in memory: over
+        half of this machine's physical memory (the rest is for the model and training)."""
+        need = fl.num_clients * self.samples_per_client * (4 * self.dim + 8)
+        have = physical_memory_bytes()
+        if have and need > have / 2:
+            raise ConfigError(
+                "fl.num_clients",
+                f"data=tutorial would hold {need / 1e9:.1f} GB of client rows in memory "
+                f"({fl.num_clients} clients x {self.samples_per_client} samples), more than half "
+                f"of this machine's {have / 1e9:.1f} GB; use data=tutorial_lazy (each client's rows "
+                "are drawn when it is selected)",
+                fl.num_clients,
+            )
+
     def _make(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
         x = torch.randn(n, self.dim, dtype=torch.float32)
         y = torch.randint(0, self.num_classes, (n,), dtype=torch.long)
@@ -60,3 +76,11 @@ class TutorialData(DataConfig):
         clients = [self._make(self.samples_per_client) for _ in range(num_clients)]
         test = self._make(self.test_size)
         return FederatedData(clients=clients, test=test, num_classes=self.num_classes, partition="per-client")
+
+
+def physical_memory_bytes() -> int | None:
+    """This machine's physical memory (None where the OS does not say)."""
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None

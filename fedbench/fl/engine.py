@@ -139,7 +139,6 @@ class Engine:
         self.dropout_rng = np.random.RandomState([self.fl.sampling_seed, 1])
         self.global_payload: Payload = self.state.snapshot()
         self.round = 0  # rounds completed
-        self.sizes = np.array(self.data.client_sizes(), dtype=np.float64)
         # A hand-written training step, bit-identical to autograd, where one covers the model.
         self.step = fast_step(self.model, self.state) if self.fl.fast_step else None
         splits = getattr(self.data, "client_tests", None)
@@ -153,11 +152,17 @@ class Engine:
         sampler = (
             self.streams.numpy("select", self.fl.sampling_seed, rnd) if self.streams.paired else self.sampler
         )
-        if self.fl.sampling == "weighted":
-            chosen = sampler.choice(n, k, replace=False, p=self.sizes / self.sizes.sum())
-        else:
+        if self.fl.sampling == "weighted" and self.data.common_size() is None:
+            chosen = sampler.choice(n, k, replace=False, p=self._weights)
+        else:  # uniform; also weighted over clients of one size (data made on demand)
             chosen = sampler.choice(n, k, replace=False)
         return [int(c) for c in chosen]
+
+    @functools.cached_property
+    def _weights(self) -> np.ndarray:
+        """Each client's share of all samples (fl.sampling=weighted)."""
+        sizes = np.array(self.data.client_sizes(), dtype=np.float64)
+        return sizes / sizes.sum()
 
     def dropped(self, rnd: int, selected: list[int]) -> list[bool] | None:
         """Which selected clients' updates never arrive (None: no client dropout)."""

@@ -146,6 +146,12 @@ class CachedData(FederatedData):
     def client_sizes(self) -> list[int]:
         return self.source.client_sizes()
 
+    def common_size(self) -> int | None:
+        return self.source.common_size()
+
+    def client_labels(self, i: int) -> torch.Tensor:
+        return self.source.client_labels(i)
+
 
 def cache_features(
     model: nn.Module, data: FederatedData, chunk: int = 64, max_clients: int | None = None
@@ -164,6 +170,8 @@ def cache_features(
         num_classes=data.num_classes,
         partition=data.partition,
         client_tests=client_tests,
+        evaluated_on=data.evaluated_on,
+        on_demand=data.on_demand,
         source=data,
     )
     return HeadModel(model.get_submodule(head_name), head_name), cached
