@@ -91,6 +91,31 @@ def check_update(update: Payload, template: Payload) -> str | None:
     return None
 
 
+def _device_rng_states() -> dict[str, torch.Tensor]:
+    """The accelerators' generators (dropout on a GPU draws from them, not from torch's CPU one),
+    as CPU uint8 tensors; CUDA's only once initialised, so a CPU run never starts CUDA to save it."""
+    states = {}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        states.update({f"rng/cuda/{i}": s.cpu() for i, s in enumerate(torch.cuda.get_rng_state_all())})
+    if torch.backends.mps.is_available():
+        states["rng/mps"] = torch.mps.get_rng_state().cpu()
+    return states
+
+
+def _load_device_rng_states(tensors: dict[str, torch.Tensor]) -> None:
+    """Restores what :func:`_device_rng_states` saved, as far as this machine has those devices:
+    checkpoints load on any device, and ones written before these keys have none."""
+    if torch.cuda.is_available():
+        cuda = []
+        while f"rng/cuda/{len(cuda)}" in tensors:
+            cuda.append(tensors[f"rng/cuda/{len(cuda)}"])
+        cuda = cuda[: torch.cuda.device_count()]  # a machine with fewer GPUs: the first ones
+        if cuda:
+            torch.cuda.set_rng_state_all(cuda)
+    if "rng/mps" in tensors and torch.backends.mps.is_available():
+        torch.mps.set_rng_state(tensors["rng/mps"])
+
+
 @dataclass
 class Engine:
     model: nn.Module
@@ -141,6 +166,8 @@ class Engine:
         self.round = 0  # rounds completed
         # A hand-written training step, bit-identical to autograd, where one covers the model.
         self.step = fast_step(self.model, self.state) if self.fl.fast_step else None
+        # rows per evaluation batch: the tutorial's 64 (a matmul's last bits can depend on it)
+        self.eval_batch = self.fl.eval_batch_size
         splits = getattr(self.data, "client_tests", None)
         self.client_eval = ClientEvaluator(splits, self.fl.eval_batch_size) if splits else None
 
@@ -315,7 +342,7 @@ class Engine:
                 accuracy, test_loss = evaluate(
                     self.model,
                     *self.data.test,
-                    batch_size=self.fl.eval_batch_size,
+                    batch_size=self.eval_batch,
                     draw_loader_seed=not self.streams.paired,
                 )
                 if self.client_eval is not None:
@@ -377,6 +404,7 @@ class Engine:
         """(tensors, JSON-able metadata): everything the next rounds depend on."""
         tensors = {f"global/{k}": v.contiguous() for k, v in self.global_payload.items()}
         tensors["rng/torch"] = torch.get_rng_state()
+        tensors.update(_device_rng_states())
         meta: dict = {"round": self.round}
         for name, rs in (("sampler", self.sampler), ("dropout", self.dropout_rng)):
             kind, keys, pos, has_gauss, gauss = rs.get_state()
@@ -399,6 +427,7 @@ class Engine:
         self.global_payload = {k: tensors[f"global/{k}"].clone() for k in self.state.names}
         self.state.load(self.global_payload)
         torch.set_rng_state(tensors["rng/torch"])
+        _load_device_rng_states(tensors)
         for name, rs in (("sampler", self.sampler), ("dropout", self.dropout_rng)):
             kind, pos, has_gauss, gauss = meta[f"rng_{name}"]
             rs.set_state((kind, tensors[f"rng/{name}"].numpy().astype(np.uint32), pos, has_gauss, gauss))
