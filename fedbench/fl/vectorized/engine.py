@@ -23,6 +23,9 @@ from fedbench.fl.vectorized.plan import RoundPlan
 from fedbench.fl.vectorized.stacked_modules import StackedModules, why_not_stackable
 from fedbench.fl.vectorized.stacked_state import StackedState
 
+# Rows per evaluation pass of a model with the batched MLP step: at most ~EVAL_ROWS x width floats
+EVAL_ROWS = 4096
+
 
 class VectorizedEngine(Engine):
     """Same interface and row contract as :class:`~fedbench.fl.engine.Engine`; trains the round's
@@ -36,6 +39,8 @@ class VectorizedEngine(Engine):
             raise ConfigError("fl.engine", reason, "vectorized")
         self._stacked: StackedState | None = None
         self._mlp_step = BatchedMLPStep.build(self.model, self.state) if self.fl.fast_step else None
+        if self._mlp_step is not None:  # a small MLP: the whole test set in one pass (rows independent)
+            self.eval_batch = max(self.eval_batch, EVAL_ROWS)
         self.fused_adamw = True
 
     def _stack(self, K: int) -> StackedState:
