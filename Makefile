@@ -3,10 +3,11 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
+FLOWER := .venv-flower
 ARGS   ?=
 PYTEST_ARGS ?=
 
-.PHONY: install run test test-fast fuzz bench fixtures lint format clean sweep reproduce
+.PHONY: install run test test-fast fuzz bench bench-flower fixtures lint format clean sweep reproduce
 
 install: $(STAMP)
 
@@ -35,6 +36,16 @@ fuzz: install  ## fuzz other override sets than CI's (make fuzz SEED=7 EXAMPLES=
 bench: install  ## wall time vs the seed script, same invocation, alternating
 	$(BIN)/python scripts/bench.py $(ARGS)
 
+# The Flower peer gets its own venv, built once: torch==2.13.0 first (CPU), then flwr[simulation].
+$(FLOWER)/.installed-stamp: scripts/flower-constraints.txt
+	test -x $(FLOWER)/bin/python || $(PYTHON) -m venv $(FLOWER)
+	$(FLOWER)/bin/python -m pip install -q -c scripts/flower-constraints.txt torch==2.13.0
+	$(FLOWER)/bin/python -m pip install -q -c scripts/flower-constraints.txt 'flwr[simulation]'
+	touch $@
+
+bench-flower: install $(FLOWER)/.installed-stamp  ## fedbench vs Flower 1.42 on the tutorial, same invocation
+	$(BIN)/python scripts/bench_flower.py $(ARGS)
+
 reproduce: install  ## the tutorial reproduction, checked against its logged numbers
 	$(BIN)/python scripts/reproduce_tutorial.py $(ARGS)
 
@@ -51,4 +62,4 @@ format: install
 	$(BIN)/ruff check --fix . && $(BIN)/ruff format .
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info
+	rm -rf $(VENV) $(FLOWER) .pytest_cache .ruff_cache *.egg-info

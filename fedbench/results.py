@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # pandas costs ~0.3 s of import: the CLI's run path writes without it
     import pandas as pd
+    import pyarrow as pa
 
 METRICS_CSV = "metrics.csv"
 METRICS_PARQUET = "metrics.parquet"
@@ -130,26 +131,38 @@ def atomic_write_json(path: Path, obj: Any) -> None:
     atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())
 
 
-def _arrow_table(rows: list[dict]):
-    """The rows as a pyarrow table with fixed column types, built from numpy buffers: pyarrow's
-    list conversion would import pandas (~0.3 s), which a CLI run does not otherwise need."""
+def _strings(values) -> pa.Array:
+    """A pyarrow string array from buffers (pyarrow's list conversion would import pandas, ~0.3 s,
+    which a CLI run does not otherwise need)."""
     import numpy as np
     import pyarrow as pa
 
-    n, arrays = len(rows), []
+    encoded = [str(v).encode() for v in values]
+    offsets = np.zeros(len(encoded) + 1, dtype=np.int32)
+    np.cumsum([len(b) for b in encoded], out=offsets[1:])
+    return pa.Array.from_buffers(
+        pa.string(), len(encoded), [None, pa.py_buffer(offsets), pa.py_buffer(b"".join(encoded))]
+    )
+
+
+def _numbers(values, integer: bool) -> pa.Array:
+    """A pyarrow int64 or float64 array from a numpy buffer (no pandas import, as :func:`_strings`)."""
+    import numpy as np
+    import pyarrow as pa
+
+    dtype, kind = (np.int64, pa.int64()) if integer else (np.float64, pa.float64())
+    buf = np.ascontiguousarray(np.asarray(values, dtype=dtype))
+    return pa.Array.from_buffers(kind, len(buf), [None, pa.py_buffer(buf)])
+
+
+def _arrow_table(rows: list[dict]):
+    """The rows as a pyarrow table with fixed column types, built from numpy buffers."""
+    import pyarrow as pa
+
+    arrays = []
     for c in COLUMNS:
         values = [r[c] for r in rows]
-        if c == "selected":
-            encoded = [str(v).encode() for v in values]
-            offsets = np.zeros(n + 1, dtype=np.int32)
-            np.cumsum([len(b) for b in encoded], out=offsets[1:])
-            buffers = [None, pa.py_buffer(offsets), pa.py_buffer(b"".join(encoded))]
-            arrays.append(pa.Array.from_buffers(pa.string(), n, buffers))
-        else:
-            dtype, kind = (np.int64, pa.int64()) if c in INT_COLUMNS else (np.float64, pa.float64())
-            arrays.append(
-                pa.Array.from_buffers(kind, n, [None, pa.py_buffer(np.asarray(values, dtype=dtype))])
-            )
+        arrays.append(_strings(values) if c == "selected" else _numbers(values, c in INT_COLUMNS))
     return pa.Table.from_arrays(arrays, names=COLUMNS)
 
 
@@ -280,25 +293,21 @@ def write_label_histogram(data, out_dir: Path, clients=None) -> None:
 
     ids = range(len(data.clients)) if clients is None else clients
     held = getattr(data, "evaluated_on", "test")  # "validation" when tuning replaced the test set
-    names = [str(i) for i in ids] + [held]
+    columns = {"client": _strings([*map(str, ids), held])}
     if data.test[1].dim() > 1:  # next-token targets: windows and predicted tokens per client
         ys = [data.clients[i][1] for i in ids] + [data.test[1]]
-        columns = {
-            "client": names,
-            "size": [len(y) for y in ys],
-            "tokens": [int((y != -100).sum()) for y in ys],
-        }
+        columns["size"] = _numbers([len(y) for y in ys], True)
+        columns["tokens"] = _numbers([int((y != -100).sum()) for y in ys], True)
         roles = getattr(data, "client_names", None)
-        if roles:
-            columns["name"] = [roles[i] for i in ids] + [None]
-        table = pa.table(columns)
+        if roles:  # the test set's row has no role
+            columns["name"] = _strings([roles[i] for i in ids] + [""])
     else:
         n = int(data.num_classes)
         ys = [data.client_labels(i) for i in ids] + [data.test[1]]
         counts = np.stack([torch.bincount(y.reshape(-1).long(), minlength=n).numpy() for y in ys])
-        columns = {"client": pa.array(names, pa.string()), "size": pa.array([len(y) for y in ys], pa.int64())}
-        columns.update({f"label_{c}": pa.array(counts[:, c], pa.int64()) for c in range(n)})
-        table = pa.table(columns)
+        columns["size"] = _numbers([len(y) for y in ys], True)
+        columns.update({f"label_{c}": _numbers(counts[:, c], True) for c in range(n)})
+    table = pa.Table.from_arrays(list(columns.values()), names=list(columns))
     _write_table_atomic(table, Path(out_dir) / CLIENTS_PARQUET)
 
 
