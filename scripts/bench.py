@@ -12,12 +12,16 @@ the distance to the hardware limit, memory vs number of clients, and MiniLM per-
    training step and one evaluation batch, scaled to the run's rows) and this machine's measured
    matmul throughput (best of several shapes, same thread count), so that
    ``limit = FLOPs / throughput`` and ``distance = measured time / limit`` is one number.
-4. Peak RSS (``ru_maxrss`` of fresh processes) of 2 rounds with 10 clients per round out of
-   10 / 100 / 1,000 clients, lazy data (``data=tutorial_lazy``), and eager data at 1,000.
+4. Client count: fresh ``fedbench`` processes of 3 rounds x 10 clients out of 1,000 and out of
+   1,000,000 lazy clients (``data=tutorial_lazy``), alternating: the ratios of their peak RSS
+   (``ru_maxrss``) and wall times; one eager run of 1,000 clients for reference.
 5. MiniLM (``all-MiniLM-L6-v2``, if installed): per-round time for lora (exact, vectorised) and
    head_only (uncached, cached), on synthetic token ids (no dataset download needed).
 6. SmolLM2-135M-Instruct (if installed): LoRA seconds per local step and per round on
    Shakespeare windows, the step's distance to the matmul limit, peak RSS for 10 and 100 clients.
+
+Flower on the same workload is ``scripts/bench_flower.py`` (``make bench-flower``: it builds the
+Flower venv once).
 
     python scripts/bench.py --repeats 3 --threads 1
 
@@ -43,7 +47,14 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
 from seed_reference import DEFAULT_SEED_MD, extract_seed_code  # noqa: E402
 
-TARGETS = {"exact": 0.40, "vectorized": 0.25, "limit": 3.0, "rss": 1.5, "cache": 10.0}
+TARGETS = {
+    "exact": 0.40,
+    "vectorized": 0.15,
+    "limit": 1.5,
+    "rss_ratio": 1.2,
+    "wall_ratio": 1.3,
+    "cache": 10.0,
+}
 
 
 # --------------------------------------------------------------------------------------------
@@ -233,40 +244,56 @@ def matmul_throughput(reps: int = 7) -> dict:
 
 
 # --------------------------------------------------------------------------------------------
-# 4. memory vs clients
+# 4. client count: memory and wall time vs fl.num_clients
 # --------------------------------------------------------------------------------------------
-_RSS_CHILD = r"""
-import json, resource, sys
-sys.path.insert(0, {tests!r})
-from conftest import compose_cfg
-from fedbench.run import run
-df = run(compose_cfg(sys.argv[1:]))
-print(json.dumps({{"maxrss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
-                  "round_s": float(df.wall_s.median())}}))
-"""
+def cli_rusage(args: list[str], cwd: Path, threads: int | None) -> tuple[float, float]:
+    """(wall seconds, peak RSS in MB) of one fresh ``fedbench`` process (``os.wait4``: this
+    child's own ru_maxrss, not the largest of every child so far)."""
+    cmd = [sys.executable, "-m", "fedbench", *args]
+    with tempfile.TemporaryFile() as err:
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(cmd, cwd=cwd, env=_child_env(threads), stdout=subprocess.DEVNULL, stderr=err)
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - t0
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        if proc.returncode != 0:
+            err.seek(0)
+            sys.exit(f"bench: {' '.join(cmd)} failed:\n{err.read().decode()[-2000:]}")
+    return wall, usage.ru_maxrss / 1024
 
 
-def peak_rss_mb(num_clients: int, data: str, threads: int | None) -> tuple[float, float]:
-    """(peak RSS in MB, median seconds per round) of a fresh process."""
-    code = _RSS_CHILD.format(tests=str(ROOT / "tests"))
-    args = [
-        f"data={data}",
-        f"fl.num_clients={num_clients}",
-        "fl.clients_per_round=10",
-        "fl.num_rounds=2",
-        f"threads={threads or 1}",
-    ]
-    res = subprocess.run(
-        [sys.executable, "-c", code, *args],
-        env=_child_env(threads),
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    if res.returncode != 0:
-        sys.exit(f"bench: RSS child failed:\n{res.stderr[-2000:]}")
-    out = json.loads(res.stdout.strip().splitlines()[-1])
-    return out["maxrss_kb"] / 1024, out["round_s"]
+def client_count(repeats: int, threads: int | None) -> dict:
+    """1,000 vs 1,000,000 lazy clients (10 per round, 3 rounds: the same work), alternating fresh
+    processes; plus one eager run of 1,000 clients for reference."""
+    runs = {"lazy/1000": [], "lazy/1000000": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        base = ["fl.clients_per_round=10", "fl.num_rounds=3", "quiet=true", f"threads={threads or 1}"]
+        for i in range(repeats):
+            for n in (1000, 1_000_000):
+                args = [
+                    "data=tutorial_lazy",
+                    f"fl.num_clients={n}",
+                    *base,
+                    f"hydra.run.dir={tmp}/lazy{n}_{i}",
+                ]
+                runs[f"lazy/{n}"].append(cli_rusage(args, tmp, threads))
+            big, small = runs["lazy/1000000"][-1], runs["lazy/1000"][-1]
+            print(
+                f"  pair {i + 1}/{repeats}: 1,000 clients {small[0]:.2f} s {small[1]:.0f} MB, 1,000,000 "
+                f"clients {big[0]:.2f} s {big[1]:.0f} MB",
+                flush=True,
+            )
+        eager = cli_rusage(
+            ["data=tutorial", "fl.num_clients=1000", *base, f"hydra.run.dir={tmp}/eager"], tmp, threads
+        )
+    pairs = list(zip(runs["lazy/1000000"], runs["lazy/1000"]))
+    return {
+        "runs": runs,
+        "eager/1000": eager,
+        "wall_ratio": statistics.median(b[0] / s[0] for b, s in pairs),
+        "rss_ratio": statistics.median(b[1] / s[1] for b, s in pairs),
+    }
 
 
 # --------------------------------------------------------------------------------------------
@@ -448,21 +475,12 @@ def smollm2_lora(peak_gflops: float | None, threads: int | None) -> dict | None:
     if peak_gflops:
         out["step_limit_s"] = step_flops / (peak_gflops * 1e9)
         out["distance"] = out["step_s"] / out["step_limit_s"]
-    code = _RSS_CHILD.format(tests=str(ROOT / "tests"))
     for n in (10, 100):
         args = [*SMOLLM2, f"fl.num_clients={n}", "fl.clients_per_round=2", "data.max_windows=4",
-                "data.test_size=8", f"threads={threads or 1}"]  # fmt: skip
-        res = subprocess.run(
-            [sys.executable, "-c", code, *args],
-            env=_child_env(threads),
-            capture_output=True,
-            text=True,
-            timeout=900,
-        )
-        if res.returncode != 0:
-            sys.exit(f"bench: SmolLM2 RSS child failed:\n{res.stderr[-2000:]}")
-        rec = json.loads(res.stdout.strip().splitlines()[-1])
-        out[f"rss_mb/{n}"] = rec["maxrss_kb"] / 1024
+                "data.test_size=8", f"threads={threads or 1}", "quiet=true"]  # fmt: skip
+        with tempfile.TemporaryDirectory() as tmp:
+            _, mb = cli_rusage([*args, f"hydra.run.dir={tmp}/run"], Path(tmp), threads)
+        out[f"rss_mb/{n}"] = mb
     return out
 
 
@@ -555,25 +573,19 @@ def main() -> None:
         print()
 
     if "rss" not in skip:
-        print("4. peak RSS, 2 rounds x 10 clients per round (fresh processes, ru_maxrss)")
-        rss = {}
-        for n, data in (
-            (10, "tutorial_lazy"),
-            (100, "tutorial_lazy"),
-            (1000, "tutorial_lazy"),
-            (10, "tutorial"),
-            (1000, "tutorial"),
-        ):
-            mb, round_s = peak_rss_mb(n, data, args.threads)
-            rss[f"{data}/{n}"] = mb
-            print(f"  {data:14s} {n:5d} clients: {mb:7.1f} MB  ({round_s:.3f} s per round)", flush=True)
-        ratio = rss["tutorial_lazy/1000"] / rss["tutorial_lazy/10"]
-        summary["rss"] = rss
         print(
-            f"  lazy 1000 / 10 clients = {ratio:.3f}  (target <= {TARGETS['rss']}: "
-            f"{'met' if ratio <= TARGETS['rss'] else 'NOT met'}); eager 1000 / 10 = "
-            f"{rss['tutorial/1000'] / rss['tutorial/10']:.3f}\n"
+            "4. client count: data=tutorial_lazy, 10 clients per round, 3 rounds, fresh `fedbench` "
+            f"processes, {args.repeats} alternating pairs (wall time, ru_maxrss)"
         )
+        cc = client_count(args.repeats, args.threads)
+        summary["clients"] = cc
+        for key, what in (("rss_ratio", "peak RSS"), ("wall_ratio", "wall time")):
+            r, t = cc[key], TARGETS[key]
+            print(
+                f"  1,000,000 / 1,000 clients, {what}: {r:.3f}  (target <= {t}: {'met' if r <= t else 'NOT met'})"
+            )
+        wall, mb = cc["eager/1000"]
+        print(f"  for reference, eager data (data=tutorial) with 1,000 clients: {wall:.2f} s, {mb:.0f} MB\n")
 
     if "minilm" not in skip:
         print("5. MiniLM per-round time")
