@@ -178,6 +178,28 @@ def in_process(repeats: int) -> dict:
     return out
 
 
+def thread_counts(repeats: int) -> dict:
+    """In process, both engines at 2 and at 1 intra-op thread, alternating: medians."""
+    import torch
+
+    before = torch.get_num_threads()
+    times = {f"{e}/{t}": [] for e in ("exact", "vectorized") for t in (2, 1)}
+    try:
+        for i in range(repeats):
+            for key in times:
+                engine, t = key.split("/")
+                torch.set_num_threads(int(t))
+                times[key].append(train_eval_time(engine)[0])
+            print(
+                "  round "
+                + f"{i + 1}/{repeats}: "
+                + "  ".join(f"{k} {v[-1]:.2f} s" for k, v in times.items())
+            )
+    finally:
+        torch.set_num_threads(before)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
 def workload_flops(overrides=()) -> dict:
     """Matmul FLOPs of the run: one autograd training step and one evaluation batch counted by
     FlopCounterMode (per row), times the rows trained and evaluated."""
@@ -495,7 +517,11 @@ def main() -> None:
     ap.add_argument(
         "--skip", default="", help="comma-separated sections to skip: process,inproc,limit,rss,minilm,smollm2"
     )
+    ap.add_argument(
+        "--only", default="", help="extra sections to run: threads (both engines at 2 and 1 thread)"
+    )
     args = ap.parse_args()
+    args.also = set(filter(None, args.also.split(",")))
     if args.repeats < 1:
         sys.exit("bench: --repeats must be >= 1")
     skip = set(filter(None, args.skip.split(",")))
@@ -538,6 +564,14 @@ def main() -> None:
             f"  medians: exact {inproc['exact']:.2f} s, vectorised {inproc['vectorized']:.2f} s, "
             f"ratio {inproc['vectorized/exact']:.3f}\n"
         )
+
+    if "threads" in args.also:
+        print(
+            f"2b. threads: in process, exact and vectorised at 2 and 1 intra-op threads, {args.repeats} rounds"
+        )
+        tc = thread_counts(args.repeats)
+        summary["threads_compare"] = tc
+        print("  medians: " + ", ".join(f"{k} thread(s) {v:.2f} s" for k, v in tc.items()) + "\n")
 
     if "limit" not in skip:
         print("3. hardware limit")
