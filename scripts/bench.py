@@ -518,7 +518,7 @@ def main() -> None:
         "--skip", default="", help="comma-separated sections to skip: process,inproc,limit,rss,minilm,smollm2"
     )
     ap.add_argument(
-        "--only", default="", help="extra sections to run: threads (both engines at 2 and 1 thread)"
+        "--also", default="", help="sections not run by default: threads (both engines at 2 and 1 thread)"
     )
     args = ap.parse_args()
     args.also = set(filter(None, args.also.split(",")))
