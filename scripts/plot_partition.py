@@ -22,7 +22,11 @@ sys.path.insert(0, str(ROOT))
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[1])
-    p.add_argument("source", nargs="+", help="a run folder, its clients.parquet (or an older clients.csv), or Hydra overrides")
+    p.add_argument(
+        "source",
+        nargs="+",
+        help="a run folder, its clients.parquet (or an older clients.csv), or Hydra overrides",
+    )
     p.add_argument("-o", "--out", help="PNG to write (default: next to the CSV / partition.png)")
     p.add_argument("--title", default=None)
     args = p.parse_args(argv)
