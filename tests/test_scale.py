@@ -243,3 +243,26 @@ def test_threads_recorded(tmp_path):
     )
     assert len(df) == 1
     assert json.loads((tmp_path / "summary.json").read_text())["threads"] == 1
+
+
+def test_lazy_histogram_survives_interruption_and_resume(tmp_path):
+    """An interrupted lazy run leaves the histogram of the clients that took part so far; the
+    resumed run's covers every round's clients, as an uninterrupted run's does."""
+    import pandas as pd
+    from conftest import StopAfter
+
+    from fedbench.results import CLIENTS_PARQUET
+
+    cfg = [*MILLION[:3], "fl.num_rounds=3", *MILLION[4:]]
+    out = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        run(compose_cfg(cfg), out_dir=out, on_round=StopAfter(1))
+    first = pd.read_parquet(out / CLIENTS_PARQUET)["client"].tolist()
+    df = run(compose_cfg(cfg), out_dir=out)
+    took_part = sorted({int(c) for s in df["selected"] for c in s.split()})
+    assert first == [*map(str, sorted(int(c) for c in df["selected"].iloc[0].split())), "test"]
+    hist = pd.read_parquet(out / CLIENTS_PARQUET)
+    assert hist["client"].tolist() == [*map(str, took_part), "test"] and len(took_part) > 4
+    fresh = tmp_path / "fresh"
+    run(compose_cfg(cfg), out_dir=fresh)
+    assert pd.read_parquet(fresh / CLIENTS_PARQUET).equals(hist)
