@@ -311,14 +311,20 @@ def write_label_histogram(data, out_dir: Path, clients=None) -> None:
     _write_table_atomic(table, Path(out_dir) / CLIENTS_PARQUET)
 
 
-def read_label_histogram(path):
-    """A run folder's (or a file's) label histogram as a DataFrame: ``clients.parquet``, or the
-    ``clients.csv`` of run folders written before it."""
-    import pandas as pd
-
+def label_histogram_path(path) -> Path:
+    """The label histogram of a run folder (``clients.parquet``, or the ``clients.csv`` of run
+    folders written before it); a file path is returned as is."""
     path = Path(path)
     if path.is_dir():
-        path = path / CLIENTS_PARQUET if (path / CLIENTS_PARQUET).exists() else path / CLIENTS_CSV
+        return path / CLIENTS_PARQUET if (path / CLIENTS_PARQUET).is_file() else path / CLIENTS_CSV
+    return path
+
+
+def read_label_histogram(path):
+    """A run folder's (or a file's) label histogram as a DataFrame (:func:`label_histogram_path`)."""
+    import pandas as pd
+
+    path = label_histogram_path(path)
     if path.suffix == ".csv":
         return pd.read_csv(path, dtype={"client": str})
     return pd.read_parquet(path)

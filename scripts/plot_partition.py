@@ -34,12 +34,12 @@ def main(argv: list[str] | None = None) -> int:
     from fedbench.data.partition import label_histogram, plot_label_histogram
 
     first = Path(args.source[0])
-    if len(args.source) == 1 and (first.is_dir() or first.suffix in (".csv", ".parquet")):
-        from fedbench.results import CLIENTS_CSV, CLIENTS_PARQUET
+    # one argument that is no override (KEY=VALUE, ~KEY): a run folder or a histogram file
+    is_path = "=" not in args.source[0] and not args.source[0].startswith("~")
+    if len(args.source) == 1 and (is_path or first.is_dir()):
+        from fedbench.results import label_histogram_path
 
-        table = first
-        if first.is_dir():  # a run folder: clients.parquet (older folders: clients.csv)
-            table = first / CLIENTS_PARQUET if (first / CLIENTS_PARQUET).is_file() else first / CLIENTS_CSV
+        table = label_histogram_path(first)  # a run folder: clients.parquet (older: clients.csv)
         if not table.is_file():
             print(f"plot_partition: {table} not found", file=sys.stderr)
             return 2
@@ -47,11 +47,17 @@ def main(argv: list[str] | None = None) -> int:
         plot_label_histogram(table, out, title=args.title or str(table.parent.name))
     else:
         from hydra import compose, initialize_config_dir
+        from hydra.errors import HydraException
 
-        from fedbench.config import ConfigError, validate
+        from fedbench.config import ConfigError, load_registry, validate
 
-        with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-            cfg = compose("config", overrides=list(args.source))
+        load_registry()  # the components' structured configs, which the groups' YAML extend
+        try:
+            with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+                cfg = compose("config", overrides=list(args.source))
+        except HydraException as exc:
+            print(f"plot_partition: {str(exc).splitlines()[0]}", file=sys.stderr)
+            return 2
         try:
             spec = validate(cfg)
         except ConfigError as exc:

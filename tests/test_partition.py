@@ -154,3 +154,39 @@ def test_label_histogram_and_plot(tmp_path):
         out = plot_label_histogram(src, tmp_path / f"h_{type(src).__name__}.png", title="t")
         assert out.is_file() and out.stat().st_size > 1000
     assert pd.read_csv(csv, dtype={"client": str})["client"].tolist()[-1] == "test"
+
+
+def test_plot_partition_script(tmp_path):
+    """scripts/plot_partition.py: a run folder's clients.parquet, an older run's clients.csv, a
+    config given as overrides, and a bad argument (one line, exit 2)."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT, TINY_MLP, compose_cfg
+
+    from fedbench.results import read_label_histogram
+    from fedbench.run import run
+
+    def plot(*args):
+        return subprocess.run(
+            [sys.executable, str(ROOT / "scripts" / "plot_partition.py"), *args],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+
+    run(compose_cfg(TINY_MLP), out_dir=tmp_path / "run")
+    res = plot(str(tmp_path / "run"))
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert (tmp_path / "run" / "clients.png").stat().st_size > 1000
+    old = tmp_path / "old"
+    old.mkdir()
+    read_label_histogram(tmp_path / "run").to_csv(old / "clients.csv", index=False)
+    assert plot(str(old)).returncode == 0 and (old / "clients.png").is_file()
+    res = plot("fl.num_clients=4", "fl.clients_per_round=2", "data.samples_per_client=20", "-o", "p.png")
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert len(pd.read_csv(tmp_path / "p.csv")) == 5 and (tmp_path / "p.png").is_file()
+    for bad in ([str(tmp_path / "missing")], ["data=nope"]):
+        res = plot(*bad)
+        assert res.returncode == 2 and res.stderr.count("\n") == 1, res.stderr

@@ -127,7 +127,9 @@ def test_eager_data_too_big_for_memory_is_refused(tmp_path):
     from fedbench.config import ConfigError
     from fedbench.data.tutorial import physical_memory_bytes
 
-    assert physical_memory_bytes() and physical_memory_bytes() < 1e12
+    have = physical_memory_bytes()
+    if not have or have / 2 >= 260e9:
+        pytest.skip("this machine would hold 260 GB of rows, or does not say its memory")
     with pytest.raises(ConfigError, match="use data=tutorial_lazy") as err:
         validate(compose_cfg(["fl.num_clients=1000000", "fl.clients_per_round=10"]))
     assert err.value.key == "fl.num_clients" and "260.0 GB" in str(err.value)

@@ -173,7 +173,8 @@ def label_histogram(data) -> pandas.DataFrame:  # noqa: F821
 
 def plot_label_histogram(csv_or_df, out_png, title: str | None = None, class_names=None):
     """A stacked bar per client (samples per label) from a run's ``clients.parquet`` (or an older
-    run's ``clients.csv``) or a :func:`label_histogram` table, saved to ``out_png``; the test set's row, if any, is left out. Returns the path."""
+    run's ``clients.csv``) or a :func:`label_histogram` table, saved to ``out_png``; the test
+    set's row, if any, is left out. Returns the path."""
     from pathlib import Path
 
     import matplotlib
